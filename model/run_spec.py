@@ -1,0 +1,336 @@
+"""RunSpec: everything a worker needs to train one run, typed, frozen and JSON round-trippable.
+
+A RunSpec is complete (model config with mu_rec/mu_bwd, budget, recipe, data, seed, output
+directory), so a worker can run from it alone on any node. `canonical_json()` is its stable
+serialisation (sorted keys, no whitespace); `run_id` hashes the parts that change the result
+(everything except output directory, logging/checkpoint cadence and device choice) together with
+the package version, so the same plan gives the same ids.
+
+Token rule (`plan_tokens`): tokens = floor(budget_flops / flops_per_token) (or the given token
+count), then floored to whole optimizer steps of batch_size * grad_accum_steps * seq_len tokens;
+a budget below one step is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Mapping, get_args
+
+if TYPE_CHECKING:
+    from parcae_scaling.model.config import ModelConfig
+
+FlopConvention = Literal["reference", "exact"]
+OptimizerName = Literal["adamw", "muon"]
+ScheduleName = Literal["wsd", "cosine", "constant"]
+DataSource = Literal["embedded", "bin", "parquet"]
+Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+RUN_SPEC_VERSION = 1
+# Fields that do not change what is trained (excluded from run_id).
+_NON_SCIENTIFIC = ("output_dir", "metrics_every_steps", "checkpoint_every_steps", "device")
+
+
+def _bad(cls: str, name: str, why: str, fix: str) -> ValueError:
+    return ValueError(f"{cls}.{name}: {why}; {fix}")
+
+
+def _check_choice(cls: str, name: str, value: object, choices: Any) -> None:
+    options = get_args(choices)
+    if value not in options:
+        raise _bad(cls, name, f"unknown value {value!r}", f"choose one of {options}")
+
+
+def _check_positive_int(cls: str, name: str, value: object, *, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _bad(cls, name, f"must be an integer >= {minimum}, got {value!r}", "give a whole number")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """AdamW everywhere ("adamw"), or Muon on hidden matrices + AdamW on the rest ("muon").
+
+    Weight decay applies to matrix and embedding parameters only; norms, biases and the
+    injection (log_A, dt_bias, B), C readout and gate scalars never decay. Muon's lr is scaled
+    per matrix to match AdamW's update RMS by default ("match_rms_adamw"), so one lr serves both.
+    """
+
+    name: OptimizerName = "adamw"
+    lr: float = 3e-3
+    matrix_lr: float | None = None  # None: same as lr
+    embedding_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip_norm: float = 1.0  # 0 disables clipping (the norm is still measured)
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
+
+    def __post_init__(self) -> None:
+        c = "OptimizerSpec"
+        _check_choice(c, "name", self.name, OptimizerName)
+        _check_choice(c, "muon_adjust_lr", self.muon_adjust_lr, Literal["original", "match_rms_adamw"])
+        for name in ("lr", "matrix_lr", "embedding_lr"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise _bad(c, name, f"must be a positive learning rate, got {v!r}", "use e.g. 3e-3")
+        for name in ("weight_decay", "grad_clip_norm"):
+            if not getattr(self, name) >= 0:
+                raise _bad(c, name, f"must be >= 0, got {getattr(self, name)!r}", "use 0 to disable")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise _bad(c, name, f"must be in [0, 1), got {getattr(self, name)!r}", "use e.g. 0.9")
+        if not self.eps > 0:
+            raise _bad(c, "eps", f"must be > 0, got {self.eps!r}", "use e.g. 1e-8")
+        _check_positive_int(c, "muon_ns_steps", self.muon_ns_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSpec:
+    """Learning-rate schedule; the default is the published no-warmup, 50%-cooldown-to-0 WSD."""
+
+    name: ScheduleName = "wsd"
+    warmup_frac: float = 0.0
+    cooldown_frac: float = 0.5
+    floor_frac: float = 0.0  # final lr as a fraction of the peak
+
+    def __post_init__(self) -> None:
+        c = "ScheduleSpec"
+        _check_choice(c, "name", self.name, ScheduleName)
+        for name in ("warmup_frac", "cooldown_frac", "floor_frac"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise _bad(c, name, f"must be a fraction in [0, 1], got {v!r}", "use e.g. 0.5")
+        if self.warmup_frac + self.cooldown_frac > 1.0:
+            raise _bad(c, "cooldown_frac", f"warmup {self.warmup_frac} + cooldown {self.cooldown_frac} > 1",
+                       "shorten one of them")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where tokens come from.
+
+    - "embedded": the stdlib corpus (model/corpus.py), tokenized with `tokenizer`.
+    - "bin": pre-tokenized shards; `train_paths` / `val_paths` are files or globs. Accepted
+      layouts: headerless flat arrays of `token_dtype` (nanoGPT `train.bin`), and the llm.c /
+      nanochat header of 256 int32 (magic 20240520 -> uint16, 20240801 -> uint32; [2] = count).
+    - "parquet": text shards with a `text_column` (FineWeb-Edu layout), tokenized once with
+      `tokenizer` ("byte", or "bpe" from `tokenizer_path`) and cached as flat token files.
+    """
+
+    source: DataSource = "embedded"
+    tokenizer: Literal["byte", "bpe"] = "byte"
+    bpe_vocab_size: int = 4096
+    tokenizer_path: str | None = None
+    train_paths: tuple[str, ...] = ()
+    val_paths: tuple[str, ...] = ()
+    token_dtype: Literal["uint16", "uint32"] = "uint16"
+    text_column: str = "text"
+    val_percent: float = 5.0
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        c = "DataSpec"
+        object.__setattr__(self, "train_paths", tuple(str(p) for p in self.train_paths))
+        object.__setattr__(self, "val_paths", tuple(str(p) for p in self.val_paths))
+        _check_choice(c, "source", self.source, DataSource)
+        _check_choice(c, "tokenizer", self.tokenizer, Literal["byte", "bpe"])
+        _check_choice(c, "token_dtype", self.token_dtype, Literal["uint16", "uint32"])
+        if self.source == "embedded":
+            if self.train_paths or self.val_paths:
+                raise _bad(c, "train_paths", "the embedded corpus takes no paths", "drop them or use source 'bin'/'parquet'")
+        elif not self.train_paths or not self.val_paths:
+            raise _bad(c, "train_paths" if not self.train_paths else "val_paths",
+                       f"source {self.source!r} needs train and validation files", "give paths or globs for both")
+        if self.source == "parquet" and self.tokenizer == "bpe" and not self.tokenizer_path:
+            raise _bad(c, "tokenizer_path", "a BPE tokenizer for parquet text needs its tokenizer.json",
+                       "set tokenizer_path or use tokenizer 'byte'")
+        _check_positive_int(c, "bpe_vocab_size", self.bpe_vocab_size, minimum=257)
+        if not 0.0 < self.val_percent < 50.0:
+            raise _bad(c, "val_percent", f"must be in (0, 50), got {self.val_percent!r}", "use e.g. 5")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenPlan:
+    """How many tokens and steps a run trains, and the FLOPs that plan costs."""
+
+    flops_per_token: int
+    tokens_per_step: int
+    steps: int
+    tokens: int
+    planned_flops: int
+    requested_tokens: int  # before rounding to whole steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One training run. mu_rec / mu_bwd / seq_len live in `model` (one source of truth)."""
+
+    model: ModelConfig
+    output_dir: str
+    budget_flops: float | None = None
+    tokens: int | None = None
+    flop_convention: FlopConvention = "reference"
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    seed: int = 0
+    metrics_every_steps: int = 10
+    checkpoint_every_steps: int = 0  # 0: only at the end
+    eval_recurrences: tuple[int, ...] | None = None  # None: 1, 2, 4, ... <= 2 mu_rec, plus mu_rec
+    eval_tokens: int = 131_072  # validation tokens per recurrence (capped by the split)
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile (CUDA only)
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        from parcae_scaling.model.config import ModelConfig
+
+        c = "RunSpec"
+        if not isinstance(self.model, ModelConfig):
+            raise _bad(c, "model", f"must be a ModelConfig, got {type(self.model).__name__}", "use get_config(...)")
+        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec)):
+            if not isinstance(getattr(self, name), typ):
+                raise _bad(c, name, f"must be a {typ.__name__}", f"construct {typ.__name__}(...)")
+        if not self.output_dir:
+            raise _bad(c, "output_dir", "is empty", "give a directory for checkpoints and the summary")
+        if (self.budget_flops is None) == (self.tokens is None):
+            raise _bad(c, "budget_flops", "give exactly one of budget_flops and tokens", "set one, not both")
+        if self.budget_flops is not None and not self.budget_flops > 0:
+            raise _bad(c, "budget_flops", f"must be > 0, got {self.budget_flops!r}", "use e.g. 1e12")
+        if self.tokens is not None:
+            _check_positive_int(c, "tokens", self.tokens)
+        _check_choice(c, "flop_convention", self.flop_convention, FlopConvention)
+        _check_choice(c, "precision", self.precision, Precision)
+        _check_choice(c, "device", self.device, Device)
+        for name in ("batch_size", "grad_accum_steps", "metrics_every_steps", "eval_tokens"):
+            _check_positive_int(c, name, getattr(self, name))
+        _check_positive_int(c, "checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
+        _check_positive_int(c, "seed", self.seed, minimum=0)
+        if self.eval_recurrences is not None:
+            recs = tuple(self.eval_recurrences)
+            if not recs or any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in recs):
+                raise _bad(c, "eval_recurrences", f"must be integers >= 1, got {recs!r}", "e.g. (1, 2, 4, 8)")
+            object.__setattr__(self, "eval_recurrences", tuple(sorted(set(recs))))
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def mu_rec(self) -> int:
+        return self.model.mu_rec
+
+    @property
+    def mu_bwd(self) -> int:
+        return int(self.model.mu_bwd)  # type: ignore[arg-type]
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps * self.seq_len
+
+    def recurrences_to_evaluate(self) -> tuple[int, ...]:
+        """Explicit list, or powers of two up to 2*mu_rec plus mu_rec (1 for a transformer)."""
+        if self.eval_recurrences is not None:
+            return self.eval_recurrences
+        return default_eval_recurrences(self.mu_rec, looped=self.model.is_looped)
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        for name in ("optimizer", "schedule", "data"):
+            d[name] = dataclasses.asdict(d[name])
+        d["data"]["train_paths"] = list(self.data.train_paths)
+        d["data"]["val_paths"] = list(self.data.val_paths)
+        if self.eval_recurrences is not None:
+            d["eval_recurrences"] = list(self.eval_recurrences)
+        d["spec_version"] = RUN_SPEC_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunSpec":
+        from parcae_scaling.model.config import ModelConfig
+
+        d = dict(data)
+        version = d.pop("spec_version", RUN_SPEC_VERSION)
+        if version != RUN_SPEC_VERSION:
+            raise ValueError(f"RunSpec.spec_version {version} is not supported (this code reads {RUN_SPEC_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"RunSpec: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        d["model"] = ModelConfig.from_dict(dict(d["model"]))
+        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec)):
+            if name in d:
+                d[name] = typ(**dict(d[name]))
+        if d.get("eval_recurrences") is not None:
+            d["eval_recurrences"] = tuple(d["eval_recurrences"])
+        return cls(**d)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def run_id(self) -> str:
+        """Hash of the scientific content (not output dir / cadence / device) + package version."""
+        from parcae_scaling import __version__
+
+        d = self.to_dict()
+        for name in _NON_SCIENTIFIC:
+            d.pop(name)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(f"{__version__}|{blob}".encode()).hexdigest()[:16]
+
+
+def default_eval_recurrences(mu_rec: int, *, looped: bool = True) -> tuple[int, ...]:
+    """1, 2, 4, ... up to 2*mu_rec, plus mu_rec itself; (1,) for a fixed-depth model."""
+    if not looped:
+        return (1,)
+    out = {mu_rec}
+    t = 1
+    while t <= 2 * mu_rec:
+        out.add(t)
+        t *= 2
+    return tuple(sorted(out))
+
+
+def plan_tokens(run: RunSpec) -> TokenPlan:
+    """Tokens and steps a run trains (rule in the module docstring) and their FLOPs."""
+    from parcae_scaling.model.flops import flops_per_token, tokens_for_budget
+
+    fpt = int(flops_per_token(run.model, convention=run.flop_convention))
+    if run.tokens is not None:
+        requested = int(run.tokens)
+    else:
+        requested = int(tokens_for_budget(run.budget_flops, fpt))
+    steps = requested // run.tokens_per_step
+    if steps < 1:
+        what = f"budget_flops={run.budget_flops:g} buys {requested} tokens" if run.tokens is None else f"tokens={requested}"
+        raise ValueError(
+            f"RunSpec.budget_flops: {what}, less than one optimizer step of {run.tokens_per_step} tokens "
+            f"({run.batch_size} x {run.grad_accum_steps} x {run.seq_len}); raise the budget or shrink the batch"
+        )
+    tokens = steps * run.tokens_per_step
+    return TokenPlan(
+        flops_per_token=fpt, tokens_per_step=run.tokens_per_step, steps=steps, tokens=tokens,
+        planned_flops=fpt * tokens, requested_tokens=requested,
+    )
