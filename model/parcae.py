@@ -1,0 +1,155 @@
+"""The Parcae middle-looped language model (REFERENCE.md section 1).
+
+    e       = RMSNorm(Prelude(tokens))
+    h_0     ~ truncated normal (std = embedding init std, cut at ±3 std)      "like-init"
+    h_{t+1} = R(inject(h_t, e))                         R = the recurrent blocks
+    logits  = Head(FinalNorm(Coda(C h_T)))             C: linear readout, head tied to the embedding
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from parcae_scaling.model.blocks import (
+    Block, Diagnostics, ModelOutput, ParamGroups, RMSNorm, Rotary, ValueEmbeddings,
+    init_block_weights, init_std, split_param_groups, trunc_normal_,
+)
+from parcae_scaling.model.config import ModelConfig
+from parcae_scaling.model.depth import DepthPlan, fixed_depths, sample_depths
+from parcae_scaling.model.head import lm_head
+from parcae_scaling.model.injection import build_injection
+
+
+class ParcaeLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.family != "parcae":
+            raise ValueError(f"ParcaeLM needs family 'parcae', got {config.family!r}; use TransformerLM")
+        self.config = config
+        p, r = config.n_prelude, config.n_recurrent
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.value_embeddings = ValueEmbeddings(config)
+        self.rotary = Rotary(config.head_dim, config.seq_len, config.rope_base)
+        self.prelude = nn.ModuleList(Block(config, i) for i in range(p))
+        self.prelude_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.injection = build_injection(config)
+        self.recurrent = nn.ModuleList(Block(config, p + i) for i in range(r))
+        self.readout = nn.Linear(config.d_model, config.d_model, bias=False)  # C
+        self.coda = nn.ModuleList(Block(config, p + r + i) for i in range(config.n_coda))
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        std = init_std(self.config)
+        with torch.no_grad():
+            trunc_normal_(self.embed.weight, std, generator)
+            for table in self.value_embeddings.tables.values():
+                trunc_normal_(table.weight, std, generator)
+            for blocks in (self.prelude, self.recurrent, self.coda):
+                init_block_weights(blocks, self.config, generator)
+            trunc_normal_(self.readout.weight, std, generator)
+            self.injection.reset_parameters(generator, std)
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    module.weight.fill_(1.0)
+
+    def param_groups(self) -> ParamGroups:
+        return split_param_groups(self, ("embed.", "value_embeddings."), ("injection.", "readout."))
+
+    def depth_plan(self, batch_size: int, recurrence: int | None, generator: torch.Generator | None) -> DepthPlan:
+        if recurrence is not None:
+            return fixed_depths(batch_size, recurrence, self.config.mu_bwd)
+        if not self.training:
+            return fixed_depths(batch_size, self.config.mu_rec, self.config.mu_bwd)
+        return sample_depths(batch_size, self.config.mu_rec, self.config.mu_bwd, generator)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        recurrence: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ModelOutput:
+        """Next-token loss (or logits) at a sampled depth (training) or a fixed `recurrence` T.
+
+        In training mode without `recurrence`, each sequence draws its own depth from
+        `generator` (a CPU torch.Generator); in eval mode the default depth is mu_rec."""
+        batch_size = idx.shape[0]
+        ves = self.value_embeddings(idx)
+        x = self.embed(idx)
+        for block in self.prelude:
+            x = block(x, self.rotary, ves.get(block.layer_index))
+        e = self.prelude_norm(x)
+
+        plan = self.depth_plan(batch_size, recurrence, generator)
+        h = trunc_normal_(torch.empty_like(e), init_std(self.config), _on_device(generator, e))
+        final_delta = torch.zeros(batch_size, device=e.device)
+        with torch.no_grad():
+            h = self._run_loop(h, e, ves, plan.no_grad_steps, final_delta, last_phase=False)
+        h = self._run_loop(h, e, ves, plan.grad_steps, final_delta, last_phase=True)
+
+        x = self.readout(h)
+        for block in self.coda:
+            x = block(x, self.rotary, ves.get(block.layer_index))
+        loss, logits = lm_head(self.final_norm(x), self.embed.weight, targets, self.config)
+        with torch.no_grad():
+            diagnostics = Diagnostics(
+                rho_a=self.injection.spectral_radius().detach(),
+                state_norm=h.detach().norm(dim=-1).mean(),
+                residual_norm=final_delta.mean(),
+            )
+        return ModelOutput(loss=loss, logits=logits, diagnostics=diagnostics, depths=plan.total_steps)
+
+    def _run_loop(
+        self,
+        h: torch.Tensor,
+        e: torch.Tensor,
+        ves: dict[int, torch.Tensor],
+        steps: torch.Tensor,
+        final_delta: torch.Tensor,
+        *,
+        last_phase: bool,
+    ) -> torch.Tensor:
+        """Run `steps[i]` loop steps on sequence i; sequences whose count is done stay frozen
+        and cost nothing (only the active rows are computed)."""
+        for t in range(int(steps.max()) if steps.numel() else 0):
+            active = steps > t
+            if bool(active.all()):
+                h_new = self._step(h, e, ves, None)
+                if last_phase:
+                    finishing = (steps == t + 1).nonzero().squeeze(1).to(h.device)
+                    _record_delta(final_delta, finishing, h_new.index_select(0, finishing), h.index_select(0, finishing))
+                h = h_new
+                continue
+            rows = active.nonzero().squeeze(1).to(h.device)
+            h_rows = h.index_select(0, rows)
+            h_rows_new = self._step(h_rows, e.index_select(0, rows), ves, rows)
+            if last_phase:
+                finishing = (steps[active] == t + 1).nonzero().squeeze(1).to(h.device)
+                _record_delta(final_delta, rows[finishing], h_rows_new.index_select(0, finishing),
+                              h_rows.index_select(0, finishing))
+            h = h.index_copy(0, rows, h_rows_new)
+        return h
+
+    def _step(self, h: torch.Tensor, e: torch.Tensor, ves: dict[int, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
+        x = self.injection(h, e)
+        for block in self.recurrent:
+            ve = ves.get(block.layer_index)
+            if ve is not None and rows is not None:
+                ve = ve.index_select(0, rows)
+            x = block(x, self.rotary, ve)
+        return x
+
+
+def _record_delta(out: torch.Tensor, rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
+    """Store each finishing sequence's mean per-token norm of its last state change."""
+    if rows.numel():
+        with torch.no_grad():
+            out.index_copy_(0, rows, (new.detach() - old.detach()).norm(dim=-1).mean(dim=-1).to(out.dtype))
+
+
+def _on_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.Generator | None:
+    """Use the caller's generator for the initial state only when it lives on the same device."""
+    return generator if generator is not None and generator.device == like.device else None
