@@ -1,1 +1,15 @@
-"""db"""
+"""The experiment store: schema, migrations, the Store API and the sinks workers write through."""
+
+from parcae_scaling.db.engine import DEFAULT_URL
+from parcae_scaling.db.errors import SchemaError, StoreError, UnknownRunError, UnsafeFilesystemError
+from parcae_scaling.db.files import RunDirSink, read_run_dir
+from parcae_scaling.db.records import IngestReport, RunRecord
+from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.db.store import Store
+from parcae_scaling.db.store_sink import StoreSink
+
+__all__ = [
+    "DEFAULT_URL", "EvalRow", "IngestReport", "MetricsSink", "RunDirSink", "RunRecord", "RunStatus",
+    "SchemaError", "Store", "StoreError", "StoreSink", "UnknownRunError", "UnsafeFilesystemError",
+    "read_run_dir",
+]

@@ -1,0 +1,364 @@
+"""The experiment store: open a URL, record sweeps/runs/metrics/evals/fits, ingest run dirs.
+
+Every write is one short transaction; batches of metric rows use executemany with
+INSERT ... ON CONFLICT DO NOTHING, so replaying a batch is a no-op and a killed writer leaves
+each batch either committed or absent. DataFrame queries live in db/queries.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import Connection, Engine, exc, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+
+from parcae_scaling.db.engine import make_engine, normalise_url
+from parcae_scaling.db.errors import StoreError, UnknownRunError
+from parcae_scaling.db.files import read_run_dir
+from parcae_scaling.db.migrate import ensure_schema
+from parcae_scaling.db.queries import StoreQueries
+from parcae_scaling.db.records import IngestReport, RunRecord, check_json
+from parcae_scaling.db.schema import Eval, Fit, Metric, Run, Sweep, utcnow
+from parcae_scaling.db.sink import EvalRow, RunStatus
+
+MetricRow = tuple[str, int, str, float]  # (run_id, step, name, value)
+# Rows per executemany inside one transaction: large enough to amortise the commit, small
+# enough that other writers wait only milliseconds for the lock.
+WRITE_CHUNK_ROWS = 20_000
+_FAILURE_STATUSES = {RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.PREEMPTED, RunStatus.CANCELLED}
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _fit_payload(result: Any) -> dict[str, Any]:
+    """A FitResult-like object as a dict: `to_dict()`, a dataclass, or a mapping."""
+    if hasattr(result, "to_dict"):
+        payload = result.to_dict()
+    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
+        payload = dataclasses.asdict(result)
+    elif isinstance(result, Mapping):
+        payload = dict(result)
+    else:
+        raise ValueError(
+            f"fit result must be a dataclass, a mapping or have to_dict(), got {type(result).__name__}"
+        )
+    return payload
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+class Store(StoreQueries):
+    """One experiment database. Create with `Store.open(url)`; close when done."""
+
+    def __init__(self, engine: Engine, url: URL) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str | URL | None = None, *, upgrade: bool = True) -> Store:
+        """Open (creating or migrating if needed) the store at `url`.
+
+        `url`: `sqlite:///path.sqlite` (default `sqlite:///parcae.sqlite`, a bare path also works)
+        or `postgresql://user@host/dbname`. `upgrade=False` refuses an older schema instead of
+        migrating it. Foreign or newer databases are always refused with `SchemaError`.
+        """
+        parsed = normalise_url(url)
+        engine = make_engine(parsed)
+        where = parsed.render_as_string(hide_password=True)
+        try:
+            ensure_schema(engine, where=where, upgrade=upgrade)
+        except exc.DatabaseError as err:
+            engine.dispose()
+            raise StoreError(
+                f"cannot open {where} as a store: {err.orig}; if this is not a database file, "
+                "point Store.open at a new path"
+            ) from err
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, parsed)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.render_as_string(hide_password=True)!r})"
+
+    # ---- sweeps and runs -------------------------------------------------------------------
+
+    def record_sweep(self, name: str, spec: Mapping[str, Any], *, replace: bool = False) -> bool:
+        """Record a sweep; returns False if it already exists with the same spec."""
+        if not name:
+            raise ValueError("sweep name must be a non-empty string")
+        spec = check_json(spec, "sweep spec")
+        with self.engine.begin() as conn:
+            existing = conn.execute(select(Sweep.spec).where(Sweep.name == name)).scalar_one_or_none()
+            if existing is None:
+                conn.execute(_insert(conn, Sweep).values(name=name, spec=spec, created=utcnow()))
+                return True
+            if existing == spec:
+                return False
+            if not replace:
+                raise ValueError(
+                    f"sweep {name!r} is already recorded with a different spec; choose a new sweep "
+                    "name, or pass replace=True to overwrite the stored spec (its runs are kept)"
+                )
+            conn.execute(update(Sweep).where(Sweep.name == name).values(spec=spec))
+            return True
+
+    def record_runs(self, records: Sequence[RunRecord]) -> int:
+        """Insert planned runs; re-recording an identical run is a no-op. Returns new-run count."""
+        if not records:
+            return 0
+        by_id = {r.run_id: r for r in records}
+        now = utcnow()
+        with self.engine.begin() as conn:
+            stored: dict[str, Any] = {}
+            ids = list(by_id)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                stored.update(conn.execute(select(Run.id, Run.spec).where(Run.id.in_(chunk))).all())
+            for run_id, spec in stored.items():
+                if spec != by_id[run_id].spec:
+                    raise ValueError(
+                        f"run {run_id!r} is already recorded with a different spec; run ids are content "
+                        "hashes, so this means two specs hashed alike or a spec changed after hashing"
+                    )
+            new = [r for r in by_id.values() if r.run_id not in stored]
+            if not new:
+                return 0
+            rows = [
+                {
+                    "id": r.run_id, "sweep": r.sweep, "spec": r.spec, "model_family": r.model_family,
+                    "model_size": r.model_size, "params_total": r.params_total,
+                    "params_non_embedding": r.params_non_embedding, "params_core": r.params_core,
+                    "mu_rec": r.mu_rec, "mu_bwd": r.mu_bwd, "budget_flops": r.budget_flops,
+                    "flop_convention": r.flop_convention, "flops_per_token": r.flops_per_token,
+                    "tokens": r.tokens, "status": r.status.value, "status_step": None,
+                    "status_at": now, "backend": r.backend, "job_id": r.job_id,
+                    "attempt": r.attempt, "created": now,
+                }
+                for r in new
+            ]
+            missing = {r.sweep for r in new} - set(
+                conn.execute(select(Sweep.name).where(Sweep.name.in_({r.sweep for r in new}))).scalars()
+            )
+            if missing:
+                raise StoreError(f"sweeps {sorted(missing)} are not recorded; call record_sweep first")
+            conn.execute(_insert(conn, Run).on_conflict_do_nothing(), rows)
+            return len(new)
+
+    def record_run(self, record: RunRecord) -> bool:
+        return self.record_runs([record]) == 1
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        step: int | None = None,
+        message: str | None = None,
+        failure_kind: str | None = None,
+        backend: str | None = None,
+        job_id: str | None = None,
+        attempt: int | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """Change a run's lifecycle fields. Status events older than the stored one are ignored
+        (so replays are idempotent); returns whether the status was applied."""
+        at = at or utcnow()
+        with self.engine.begin() as conn:
+            return self._update_run(conn, run_id, status, step, message, failure_kind, backend, job_id, attempt, at)
+
+    def _update_run(
+        self, conn: Connection, run_id: str, status: RunStatus | None, step: int | None,
+        message: str | None, failure_kind: str | None, backend: str | None, job_id: str | None,
+        attempt: int | None, at: datetime,
+    ) -> bool:
+        extra = {k: v for k, v in (("backend", backend), ("job_id", job_id), ("attempt", attempt)) if v is not None}
+        if extra:
+            conn.execute(update(Run).where(Run.id == run_id).values(**extra))
+        applied = False
+        if status is not None:
+            status = RunStatus(status)
+            values: dict[str, Any] = {"status": status.value, "status_step": step, "status_at": at, "heartbeat": at}
+            if status is RunStatus.RUNNING:
+                values["started"] = at
+                values["ended"] = None
+            if status.is_final:
+                values["ended"] = at
+            if status in _FAILURE_STATUSES:
+                values["failure_kind"] = failure_kind or status.value
+                values["failure_message"] = message
+            else:
+                values["failure_kind"] = None
+                values["failure_message"] = None
+            res = conn.execute(update(Run).where(Run.id == run_id, Run.status_at <= at).values(**values))
+            applied = res.rowcount > 0
+        if not applied and conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+            raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
+        return applied
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+
+    # ---- metrics and evals ------------------------------------------------------------------
+
+    def log_metric_rows(self, rows: Iterable[MetricRow]) -> None:
+        """Write (run_id, step, name, value) rows; replayed rows are ignored. Each chunk of
+        WRITE_CHUNK_ROWS rows is one transaction: committed whole or not at all."""
+        batch: list[dict[str, Any]] = []
+        for run_id, step, name, value in rows:
+            batch.append({"run_id": run_id, "step": int(step), "name": name, "value": float(value)})
+            if len(batch) >= WRITE_CHUNK_ROWS:
+                self._write_metrics(batch)
+                batch = []
+        if batch:
+            self._write_metrics(batch)
+
+    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
+        """One optimizer step's scalars (convenience; batch with log_metric_rows for speed)."""
+        self.log_metric_rows((run_id, step, name, value) for name, value in values.items())
+
+    def _write_metrics(self, batch: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            self._insert_metrics(conn, batch)
+
+    def _insert_metrics(self, conn: Connection, batch: list[dict[str, Any]]) -> None:
+        try:
+            with conn.begin_nested() if conn.dialect.name == "postgresql" else contextlib.nullcontext():
+                conn.execute(_insert(conn, Metric).on_conflict_do_nothing(), batch)
+        except exc.IntegrityError as err:
+            self._raise_unknown_runs(conn, {r["run_id"] for r in batch}, err)
+            raise
+
+    def _raise_unknown_runs(self, conn: Connection, run_ids: set[str], err: Exception) -> None:
+        known = set(conn.execute(select(Run.id).where(Run.id.in_(run_ids))).scalars())
+        missing = sorted(run_ids - known)
+        if missing:
+            raise UnknownRunError(
+                f"runs {missing[:5]} are not recorded; call Store.record_run before logging their rows"
+            ) from err
+
+    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
+        """Evaluation losses keyed by (run, recurrence, split); a re-evaluation replaces the row."""
+        if rows:
+            with self.engine.begin() as conn:
+                self._upsert_evals(conn, run_id, rows)
+
+    def _upsert_evals(self, conn: Connection, run_id: str, rows: Sequence[EvalRow]) -> None:
+        now = utcnow()
+        payload = [
+            {"run_id": run_id, "recurrence": int(r.recurrence), "split": r.split,
+             "loss": float(r.loss), "tokens": int(r.tokens), "created": now}
+            for r in rows
+        ]
+        stmt = _insert(conn, Eval)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "recurrence", "split"],
+            set_={"loss": stmt.excluded.loss, "tokens": stmt.excluded.tokens, "created": stmt.excluded.created},
+        )
+        try:
+            with conn.begin_nested() if conn.dialect.name == "postgresql" else contextlib.nullcontext():
+                conn.execute(stmt, payload)
+        except exc.IntegrityError as err:
+            self._raise_unknown_runs(conn, {run_id}, err)
+            raise
+
+    # ---- run directories --------------------------------------------------------------------
+
+    def ingest_run_dir(self, run_id: str, path: str | os.PathLike[str]) -> IngestReport:
+        """Load a RunDirSink directory in one transaction; safe to repeat (idempotent) and safe
+        while the worker is still writing (an incomplete last line waits for the next ingest)."""
+        contents = read_run_dir(path)
+        foreign = {r for r, *_ in contents.metrics} | {r for r, _ in contents.evals}
+        foreign |= {s.run_id for s in contents.statuses}
+        foreign -= {run_id}
+        if foreign:
+            raise ValueError(
+                f"run directory {path} holds rows of runs {sorted(foreign)}, not only {run_id!r}; "
+                "ingest each run's directory with its own run id"
+            )
+        with self.engine.begin() as conn:
+            if conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+                raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
+            rows = [{"run_id": r, "step": s, "name": n, "value": v} for r, s, n, v in contents.metrics]
+            for i in range(0, len(rows), WRITE_CHUNK_ROWS):
+                self._insert_metrics(conn, rows[i : i + WRITE_CHUNK_ROWS])
+            if contents.evals:
+                self._upsert_evals(conn, run_id, [row for _, row in contents.evals])
+            for ev in contents.statuses:
+                self._update_run(conn, run_id, ev.status, ev.step, ev.message, None, None, None, None, ev.at)
+        return IngestReport(
+            run_id=run_id,
+            metric_rows=len(rows),
+            eval_rows=len(contents.evals),
+            status_events=len(contents.statuses),
+            final_status=contents.statuses[-1].status if contents.statuses else None,
+        )
+
+    # ---- fits -------------------------------------------------------------------------------
+
+    def save_fit(
+        self,
+        result: Any,
+        *,
+        kind: str,
+        selection: Mapping[str, Any],
+        convention: str,
+        sweep: str | None = None,
+    ) -> int:
+        """Store a FitResult (dataclass, mapping or `to_dict()`); returns its fit id. The
+        payload's `params`/`parameters` and `intervals`/`uncertainties` become queryable columns."""
+        if not kind or not convention:
+            raise ValueError("save_fit needs a non-empty kind (e.g. 'parametric') and convention")
+        payload = _fit_payload(result)
+        text = json.dumps(payload, sort_keys=True, default=str)  # NaN/inf kept verbatim
+        params = payload.get("params", payload.get("parameters"))
+        unc = payload.get("intervals", payload.get("uncertainties"))
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                _insert(conn, Fit).returning(Fit.id),
+                {
+                    "kind": kind, "sweep": sweep, "selection": check_json(selection, "fit selection"),
+                    "convention": convention,
+                    "parameters": _finite_or_none(params) if isinstance(params, Mapping) else None,
+                    "uncertainties": _finite_or_none(unc) if isinstance(unc, Mapping) else None,
+                    "result": text, "created": utcnow(),
+                },
+            )
+            return int(res.scalar_one())
+
+    def load_fit(self, fit_id: int) -> dict[str, Any]:
+        """The stored FitResult payload (as saved, NaN/inf included)."""
+        with self._read() as conn:
+            text = conn.execute(select(Fit.result).where(Fit.id == fit_id)).scalar_one_or_none()
+        if text is None:
+            raise KeyError(f"no fit with id {fit_id}; list stored fits with Store.fits()")
+        return json.loads(text)
+
