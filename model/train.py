@@ -1,0 +1,315 @@
+"""Train one run from its RunSpec: the unit every sweep dispatches.
+
+`train_run(run, sink)` trains exactly `plan_tokens(run).tokens` tokens, logging metrics through
+the sink, checkpointing atomically, resuming from `<output_dir>/checkpoint.pt` if present, and
+ending with validation at several recurrences and a versioned `summary.json`.
+
+Determinism: the batch of step s, micro-batch m is a pure function of (seed, s, m), and so is
+the torch.Generator that draws the per-sequence depths; a resumed run therefore repeats the
+uninterrupted trajectory bit for bit on CPU. The divergence guard checks loss and gradient
+norm every step (one scalar sync per step) before the optimizer is allowed to move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.model import build_model
+from parcae_scaling.model.checkpoint import CHECKPOINT_FILE, TrainProgress, load_checkpoint, save_checkpoint
+from parcae_scaling.model.data import TokenData, load_data, train_batch, val_batches, val_windows
+from parcae_scaling.model.flops import flops_per_token
+from parcae_scaling.model.mfu import device_peak_flops, model_flops_utilisation
+from parcae_scaling.model.optim import OptimizerBundle, build_optimizer
+from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
+from parcae_scaling.model.schedule import lr_multiplier_at_step
+
+SUMMARY_FILE = "summary.json"
+SPEC_FILE = "run_spec.json"
+SUMMARY_VERSION = 1
+_RECENT_LOSSES = 10  # final train loss = mean of the last steps' losses
+_DEPTH_STREAM = 0xDE97
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What one run produced; also the content of its summary.json."""
+
+    run_id: str
+    status: RunStatus
+    output_dir: str
+    steps_planned: int
+    steps_done: int
+    tokens_planned: int
+    tokens_trained: int
+    flops_per_token: int
+    flop_convention: str
+    flops_planned: int
+    flops_spent: int  # nominal: flops_per_token * tokens trained
+    flops_realized: float  # same convention at the depths actually sampled
+    params_total: int
+    final_train_loss: float | None
+    final_val_loss: float | None  # at the training depth mu_rec
+    val_tokens: int
+    evals: tuple[EvalRow, ...] = ()
+    wall_time_s: float = 0.0  # this process, including data loading and evaluation
+    train_seconds: float = 0.0  # optimizer steps only, summed over resumes
+    diverged_step: int | None = None
+    message: str | None = None
+    summary_version: int = SUMMARY_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["evals"] = [asdict(e) for e in self.evals]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        d = dict(d)
+        d["status"] = RunStatus(d["status"])
+        d["evals"] = tuple(EvalRow(**e) for e in d.get("evals", ()))
+        return cls(**d)
+
+
+def resolve_device(run: RunSpec) -> torch.device:
+    if run.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("RunSpec.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if run.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(run.device)
+
+
+def _autocast(run: RunSpec, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def depth_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The CPU generator that draws per-sequence depths of (step, micro): pure in its inputs."""
+    state = np.random.SeedSequence([_DEPTH_STREAM, seed, step, micro]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _realized_flops_per_token(run: RunSpec, mean_depth: float, mean_grad_depth: float) -> float:
+    """The convention evaluated at the sampled mean depths (it is linear in mu_rec and mu_bwd)."""
+    if not run.model.is_looped:
+        return float(flops_per_token(run.model, convention=run.flop_convention))
+    f = lambda r, b: flops_per_token(run.model, mu_rec=r, mu_bwd=b, convention=run.flop_convention)  # noqa: E731
+    base, per_rec, per_bwd = f(1, 1), f(2, 1) - f(1, 1), f(2, 2) - f(2, 1)
+    return base + per_rec * (mean_depth - 1.0) + per_bwd * (mean_grad_depth - 1.0)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _prepare_output_dir(run: RunSpec) -> Path:
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / SPEC_FILE
+    if spec_path.exists():
+        existing = RunSpec.from_json(spec_path.read_text())
+        if existing.run_id != run.run_id:
+            raise ValueError(f"{out} holds run {existing.run_id}, not {run.run_id}; use a fresh output_dir")
+    _write_json_atomic(spec_path, run.to_dict())
+    return out
+
+
+@torch.no_grad()
+def evaluate_recurrences(
+    model: nn.Module, data: TokenData, run: RunSpec, device: torch.device
+) -> list[EvalRow]:
+    """Validation loss (nats/token, token-weighted) at each recurrence T: one row per T."""
+    model.eval()
+    rows: list[EvalRow] = []
+    for t in run.recurrences_to_evaluate():
+        total, count = 0.0, 0
+        for x, y in val_batches(data.val, seq_len=run.seq_len, batch_size=run.batch_size, max_tokens=run.eval_tokens):
+            x, y = x.to(device), y.to(device)
+            with _autocast(run, device):
+                out = model(x, y, recurrence=t if run.model.is_looped else None)
+            total += float(out.loss) * y.numel()
+            count += y.numel()
+        rows.append(EvalRow(recurrence=t, split="val", loss=total / count, tokens=count))
+    model.train()
+    return rows
+
+
+def _check_vocab(x: torch.Tensor, vocab_size: int, data: TokenData) -> None:
+    top = int(x.max())
+    if top >= vocab_size:
+        raise ValueError(
+            f"token id {top} from {data.description} exceeds the model's vocab_size {vocab_size}; "
+            "raise ModelConfig.vocab_size to the tokenizer's vocabulary"
+        )
+
+
+def _result(run: RunSpec, plan: TokenPlan, progress: TrainProgress, *, status: RunStatus, params: int,
+            evals: list[EvalRow], wall: float, diverged_step: int | None = None,
+            message: str | None = None) -> RunResult:
+    seqs = max(progress.sequences, 1)
+    realized = _realized_flops_per_token(run, progress.depth_sum / seqs, progress.grad_depth_sum / seqs)
+    at_mu = [e for e in evals if e.recurrence == (run.mu_rec if run.model.is_looped else 1)]
+    recent = progress.recent_losses
+    return RunResult(
+        run_id=run.run_id, status=status, output_dir=str(run.output_dir),
+        steps_planned=plan.steps, steps_done=progress.step,
+        tokens_planned=plan.tokens, tokens_trained=progress.tokens,
+        flops_per_token=plan.flops_per_token, flop_convention=run.flop_convention,
+        flops_planned=plan.planned_flops, flops_spent=plan.flops_per_token * progress.tokens,
+        flops_realized=realized * progress.tokens, params_total=params,
+        final_train_loss=sum(recent) / len(recent) if recent else None,
+        final_val_loss=at_mu[0].loss if at_mu else None,
+        val_tokens=at_mu[0].tokens if at_mu else 0, evals=tuple(evals), wall_time_s=wall,
+        train_seconds=progress.train_seconds,
+        diverged_step=diverged_step, message=message,
+    )
+
+
+def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
+    """Train (or resume) one run to its planned tokens, evaluate it and write its summary."""
+    wall0 = time.perf_counter()
+    out = _prepare_output_dir(run)
+    run_id = run.run_id
+    summary_path = out / SUMMARY_FILE
+    if summary_path.exists():
+        done = RunResult.from_dict(json.loads(summary_path.read_text()))
+        if done.status == RunStatus.SUCCEEDED and done.run_id == run_id:
+            return done  # idempotent: a finished run is not trained twice
+    progress = TrainProgress()
+    try:
+        plan = plan_tokens(run)
+        data = load_data(run.data)
+        if data.vocab_size is not None and data.vocab_size > run.model.vocab_size:
+            raise ValueError(f"the data's tokenizer has {data.vocab_size} ids but ModelConfig.vocab_size is "
+                             f"{run.model.vocab_size}; set vocab_size >= {data.vocab_size}")
+        val_windows(data.val, seq_len=run.seq_len, max_tokens=run.eval_tokens)  # fail early, not after training
+        device = resolve_device(run)
+        torch.manual_seed(run.seed)
+        model = build_model(run.model).to(device)
+        params = sum(p.numel() for p in model.parameters())
+        optimizer = build_optimizer(model, run.optimizer)
+        ckpt = out / CHECKPOINT_FILE
+        if ckpt.exists():
+            progress = load_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer)
+        sink.update_status(run_id, RunStatus.RUNNING, step=progress.step,
+                           message=f"resumed from step {progress.step}" if progress.step else None)
+        forward = torch.compile(model) if run.compile and device.type == "cuda" else model
+        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, device, ckpt)
+        if diverged is not None:
+            step, why = diverged
+            sink.update_status(run_id, RunStatus.DIVERGED, step=step, message=why)
+            sink.flush()
+            result = _result(run, plan, progress, status=RunStatus.DIVERGED, params=params, evals=[],
+                             wall=time.perf_counter() - wall0, diverged_step=step, message=why)
+            _write_json_atomic(summary_path, result.to_dict())
+            return result
+        evals = evaluate_recurrences(model, data, run, device)
+        sink.log_evals(run_id, evals)
+        result = _result(run, plan, progress, status=RunStatus.SUCCEEDED, params=params, evals=evals,
+                         wall=time.perf_counter() - wall0)
+        _write_json_atomic(summary_path, result.to_dict())
+        sink.update_status(run_id, RunStatus.SUCCEEDED, step=progress.step)
+        sink.flush()
+        return result
+    except Exception as exc:
+        sink.update_status(run_id, RunStatus.FAILED, step=progress.step, message=f"{type(exc).__name__}: {exc}")
+        sink.flush()
+        raise
+
+
+def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Module, forward: nn.Module,
+                 optimizer: OptimizerBundle, progress: TrainProgress, sink: MetricsSink,
+                 device: torch.device, ckpt: Path) -> tuple[int, str] | None:
+    """The optimizer-step loop; returns (step, reason) if the run diverged, else None."""
+    run_id = run.run_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = run.optimizer.grad_clip_norm if run.optimizer.grad_clip_norm > 0 else float("inf")
+    peak, _ = device_peak_flops(device)
+    recent: deque[float] = deque(progress.recent_losses, maxlen=_RECENT_LOSSES)
+    window_t0, window_tokens = time.perf_counter(), 0
+    model.train()
+    while progress.step < plan.steps:
+        step = progress.step
+        t_step = time.perf_counter()
+        mult = lr_multiplier_at_step(step, plan.steps, run.schedule)
+        optimizer.set_lr_multiplier(mult)
+        optimizer.zero_grad()
+        loss_sum = torch.zeros((), device=device)
+        depth_sum = grad_depth_sum = 0.0
+        for micro in range(run.grad_accum_steps):
+            x, y = train_batch(data.train, seed=run.seed, step=step, micro=micro,
+                               batch_size=run.batch_size, seq_len=run.seq_len)
+            _check_vocab(x, run.model.vocab_size, data)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(run, device):
+                out = forward(x, y, generator=depth_generator(run.seed, step, micro))
+            (out.loss / run.grad_accum_steps).backward()
+            loss_sum += out.loss.detach().float()
+            if out.depths is not None:
+                d = out.depths.detach().to("cpu", torch.float64)
+                depth_sum += float(d.sum())
+                grad_depth_sum += float(d.clamp(max=run.mu_bwd).sum())
+            else:
+                depth_sum += x.shape[0]
+                grad_depth_sum += x.shape[0]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        loss = float(loss_sum) / run.grad_accum_steps
+        number = step + 1  # metrics and statuses use 1-based optimizer step numbers
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            sink.log_metrics(run_id, number, {"loss": loss, "grad_norm": grad_norm, "lr": run.optimizer.lr * mult})
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            return number, f"non-finite {what} at step {number} (loss={loss}, grad_norm={grad_norm})"
+        optimizer.step()
+        n_tokens = run.batch_size * run.grad_accum_steps * run.seq_len
+        progress.step = number
+        progress.tokens += n_tokens
+        progress.sequences += run.batch_size * run.grad_accum_steps
+        progress.depth_sum += depth_sum
+        progress.grad_depth_sum += grad_depth_sum
+        progress.train_seconds += time.perf_counter() - t_step
+        recent.append(loss)
+        progress.recent_losses = list(recent)
+        window_tokens += n_tokens
+        if number % run.metrics_every_steps == 0 or number == plan.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = max(time.perf_counter() - window_t0, 1e-9)
+            tps = window_tokens / elapsed
+            values = {
+                "loss": loss, "lr": run.optimizer.lr * mult, "lr_multiplier": mult, "grad_norm": grad_norm,
+                "tokens": float(progress.tokens), "flops": float(plan.flops_per_token * progress.tokens),
+                "tokens_per_s": tps, "mfu": model_flops_utilisation(plan.flops_per_token, tps, peak),
+                "mean_depth": depth_sum / (run.batch_size * run.grad_accum_steps),
+            }
+            for name, value in out.diagnostics.as_floats().items():
+                if math.isfinite(value):  # NaN means "not applicable" (transformer)
+                    values[name] = value
+            sink.log_metrics(run_id, number, values)
+            window_t0, window_tokens = time.perf_counter(), 0
+        every = run.checkpoint_every_steps
+        if number == plan.steps or (every and number % every == 0):
+            sink.flush()  # metrics up to the checkpoint are durable before it is
+            save_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer, progress=progress)
+    return None
