@@ -1,0 +1,108 @@
+"""Input tables for the fits: expected columns, validation, loading.
+
+Training-run table (one row per finished run, evaluated at T = mu_rec):
+    run_id, budget_flops, mu_rec, tokens, params, loss
+    optional: non_core_params, core_params, params_effective, flop_convention, model
+Test-time table (one row per run and evaluation depth T):
+    run_id, mu_rec, tokens, recurrence, loss   (optional: budget_flops, params, model)
+
+`loss` is validation loss in nats per token; NaN marks a diverged run and is excluded with a
+notice. Every other listed column must be finite and > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_COLUMNS = ("run_id", "budget_flops", "mu_rec", "tokens", "params", "loss")
+TEST_TIME_COLUMNS = ("run_id", "mu_rec", "tokens", "recurrence", "loss")
+_NOT_NUMERIC = {"run_id", "model", "flop_convention", "sweep"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Table:
+    """A validated table plus the notices raised while cleaning it."""
+
+    df: pd.DataFrame
+    n_rows_in: int
+    n_excluded_nan: int
+    warnings: tuple[str, ...]
+
+
+def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "table") -> Table:
+    """Check columns and values; drop NaN-loss rows (diverged runs) with a notice.
+
+    Raises ValueError naming the column and the fix for missing columns, non-numeric or
+    non-positive values and non-loss NaNs.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what}: missing column(s) {missing}; expected columns {list(required)} "
+            f"(have {list(df.columns)})"
+        )
+    if df.empty:
+        raise ValueError(f"{what}: no rows; give at least one finished run")
+    df = df.copy()
+    for col in required:
+        if col in _NOT_NUMERIC:
+            continue
+        try:
+            df[col] = pd.to_numeric(df[col])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{what}: column {col!r} must be numeric ({err}); fix the input file") from None
+    warnings: list[str] = []
+    nan_loss = df["loss"].isna() if "loss" in df.columns else pd.Series(False, index=df.index)
+    n_nan = int(nan_loss.sum())
+    if n_nan:
+        ids = df.loc[nan_loss, "run_id"].astype(str).tolist()[:5] if "run_id" in df.columns else []
+        warnings.append(f"excluded {n_nan} row(s) with NaN loss (diverged runs) {ids}")
+        df = df.loc[~nan_loss]
+    if df.empty:
+        raise ValueError(f"{what}: every loss is NaN (all runs diverged); nothing to fit")
+    for col in required:
+        if col in _NOT_NUMERIC:
+            continue
+        vals = df[col].to_numpy(dtype=float)
+        bad = ~np.isfinite(vals) | (vals <= 0)
+        if bad.any():
+            example = df.loc[bad, col].tolist()[:3]
+            raise ValueError(
+                f"{what}: column {col!r} has {int(bad.sum())} non-positive or non-finite value(s), "
+                f"e.g. {example}; every {col} must be > 0 (remove or fix those rows)"
+            )
+    return Table(df=df.reset_index(drop=True), n_rows_in=len(df) + n_nan, n_excluded_nan=n_nan,
+                 warnings=tuple(warnings))
+
+
+def load_csv(path: str | Path) -> pd.DataFrame:
+    """Read a results CSV (validation happens in the analysis that uses it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input CSV {str(path)!r} does not exist; pass the path of a results table")
+    return pd.read_csv(path)
+
+
+def epoch_chinchilla_table(path: str | Path, *, drop_highest: int = 5) -> pd.DataFrame:
+    """Epoch AI's digitised Chinchilla points as a run table (D = C / (6 N)).
+
+    Epoch drop the 5 highest losses before fitting (240 of 245 points remain).
+    """
+    raw = load_csv(path)
+    raw = raw.sort_values("loss", kind="stable").iloc[: len(raw) - drop_highest]
+    params = raw["Model Size"].to_numpy(float)
+    budget = raw["Training FLOP"].to_numpy(float)
+    return pd.DataFrame({
+        "run_id": [f"chinchilla-{i}" for i in raw.index],
+        "budget_flops": budget,
+        "params": params,
+        "tokens": budget / (6.0 * params),
+        "loss": raw["loss"].to_numpy(float),
+        "flop_convention": "6ND",
+    }).reset_index(drop=True)

@@ -1,0 +1,158 @@
+"""Typed fit results that carry their diagnosis, with JSON round-trips.
+
+`FitResult.record()` is the flat dict the store's fits table persists (scalars plus JSON text);
+`to_json()` / `from_json()` round-trip the whole result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfidenceInterval:
+    """A two-sided interval of one quantity (percentile bootstrap unless `method` says otherwise)."""
+
+    low: float
+    high: float
+    level: float = 0.95
+    method: str = "percentile bootstrap"
+    n_resamples: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.level < 1:
+            raise ValueError(f"ConfidenceInterval.level={self.level} must be in (0, 1), e.g. 0.95")
+        if self.low > self.high:
+            raise ValueError(f"ConfidenceInterval: low={self.low} > high={self.high}; swap them")
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def percentile_interval(samples: np.ndarray, level: float, *, method: str = "percentile bootstrap") -> ConfidenceInterval:
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return ConfidenceInterval(low=float("nan"), high=float("nan"), level=level, method=method)
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return ConfidenceInterval(low=float(lo), high=float(hi), level=level, method=method, n_resamples=int(samples.size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSelection:
+    """Which rows went into a fit and why others did not."""
+
+    source: str = ""
+    n_rows_in: int = 0
+    n_used: int = 0
+    n_excluded_nan: int = 0
+    filters: tuple[str, ...] = ()
+
+
+def _ci_map(d: Mapping[str, Any]) -> dict[str, ConfidenceInterval]:
+    return {k: ConfidenceInterval(**v) for k, v in d.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitResult:
+    """A fitted parametric law: natural parameters, intervals, objective and diagnosis."""
+
+    law: str
+    formula: str
+    params: Mapping[str, float]
+    objective: float
+    loss: str = "huber"
+    delta: float = 1e-3
+    n_starts: int = 1
+    n_starts_agree: int = 1
+    n_points: int = 0
+    n_runs: int = 0
+    success: bool = True
+    message: str = ""
+    intervals: Mapping[str, ConfidenceInterval] = field(default_factory=dict)
+    derived: Mapping[str, float] = field(default_factory=dict)
+    derived_intervals: Mapping[str, ConfidenceInterval] = field(default_factory=dict)
+    selection: DataSelection = field(default_factory=DataSelection)
+    convention: str = ""
+    flop_convention: str = ""
+    warnings: tuple[str, ...] = ()
+    bootstrap_params: tuple[tuple[float, ...], ...] = ()  # natural values, one row per replica
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            raise ValueError("FitResult.params is empty; a fit must name its parameters")
+        if self.n_starts_agree > self.n_starts:
+            raise ValueError(f"FitResult.n_starts_agree={self.n_starts_agree} > n_starts={self.n_starts}")
+
+    @property
+    def points_per_parameter(self) -> float:
+        return self.n_points / max(len(self.params), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = dict(self.params)
+        d["derived"] = dict(self.derived)
+        return d
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FitResult":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"FitResult.from_dict: unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d["intervals"] = _ci_map(d.get("intervals", {}))
+        d["derived_intervals"] = _ci_map(d.get("derived_intervals", {}))
+        sel = dict(d.get("selection", {}))
+        sel["filters"] = tuple(sel.get("filters", ()))
+        d["selection"] = DataSelection(**sel)
+        d["warnings"] = tuple(d.get("warnings", ()))
+        d["bootstrap_params"] = tuple(tuple(r) for r in d.get("bootstrap_params", ()))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FitResult":
+        return cls.from_dict(json.loads(text))
+
+    def record(self) -> dict[str, Any]:
+        """Flat row for the store's fits table (nested parts as JSON text)."""
+        return {
+            "law": self.law,
+            "formula": self.formula,
+            "objective": self.objective,
+            "loss": self.loss,
+            "delta": self.delta,
+            "n_starts": self.n_starts,
+            "n_starts_agree": self.n_starts_agree,
+            "n_points": self.n_points,
+            "n_runs": self.n_runs,
+            "success": self.success,
+            "convention": self.convention,
+            "flop_convention": self.flop_convention,
+            "params_json": json.dumps(dict(self.params)),
+            "intervals_json": json.dumps({k: asdict(v) for k, v in self.intervals.items()}),
+            "warnings_json": json.dumps(list(self.warnings)),
+            "result_json": self.to_json(indent=None),
+        }
+
+    def summary(self) -> str:
+        lines = [f"{self.law}: {self.formula}",
+                 f"  objective {self.objective:.7g} ({self.loss}, delta={self.delta:g}); "
+                 f"{self.n_starts_agree}/{self.n_starts} starts reach it; {self.n_points} points"]
+        for name, v in self.params.items():
+            ci = self.intervals.get(name)
+            ci_s = f"  [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
+            lines.append(f"  {name:>12} = {v:.6g}{ci_s}")
+        for name, v in self.derived.items():
+            ci = self.derived_intervals.get(name)
+            ci_s = f"  [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
+            lines.append(f"  {name:>12} = {v:.4g}{ci_s}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
