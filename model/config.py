@@ -77,13 +77,14 @@ class ModelConfig:
     def replace(self, **overrides: object) -> "ModelConfig":
         """A validated copy with some fields changed.
 
-        Changing mu_rec without giving mu_bwd re-derives mu_bwd = ceil(mu_rec / 2)."""
+        Fields that default from another are re-derived when that one changes and they are
+        not given: mu_bwd = ceil(mu_rec / 2), n_kv_heads = n_heads."""
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(self))
             raise ValueError(f"ModelConfig has no field(s) {unknown}; known fields: {known}")
-        if "mu_rec" in overrides and "mu_bwd" not in overrides:
-            overrides = {**overrides, "mu_bwd": None}
+        rederived = {d: None for d, source in _DERIVED_FROM.items() if source in overrides and d not in overrides}
+        overrides = {**overrides, **rederived}
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, object]:
@@ -96,6 +97,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**data)
+
+
+_DERIVED_FROM = {"mu_bwd": "mu_rec", "n_kv_heads": "n_heads"}
 
 
 def _validate(c: ModelConfig) -> None:
