@@ -238,9 +238,10 @@ class RunSpec:
         return self.batch_size * self.grad_accum_steps * self.seq_len
 
     def recurrences_to_evaluate(self) -> tuple[int, ...]:
-        """Explicit list, or powers of two up to 2*mu_rec plus mu_rec (1 for a transformer)."""
-        if self.eval_recurrences is not None:
-            return self.eval_recurrences
+        """Explicit list (plus the training depth mu_rec), or powers of two up to 2*mu_rec plus
+        mu_rec; (1,) for a transformer."""
+        if self.eval_recurrences is not None and self.model.is_looped:
+            return tuple(sorted({*self.eval_recurrences, self.mu_rec}))
         return default_eval_recurrences(self.mu_rec, looped=self.model.is_looped)
 
     def replace(self, **changes: Any) -> "RunSpec":

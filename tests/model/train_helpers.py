@@ -1,0 +1,64 @@
+"""Shared tiny fixtures for the training tests (imported by file path, not a test module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.config import get_config
+from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, RunSpec
+
+
+@dataclass
+class ListSink:
+    """In-memory MetricsSink for tests."""
+
+    metrics: list[tuple[str, int, dict[str, float]]] = field(default_factory=list)
+    evals: list[tuple[str, EvalRow]] = field(default_factory=list)
+    statuses: list[tuple[RunStatus, int | None, str | None]] = field(default_factory=list)
+
+    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
+        self.metrics.append((run_id, step, dict(values)))
+
+    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
+        self.evals.extend((run_id, r) for r in rows)
+
+    def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
+                      message: str | None = None) -> None:
+        self.statuses.append((status, step, message))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def losses(self) -> dict[int, float]:
+        return {step: v["loss"] for _, step, v in self.metrics}
+
+
+def write_bin_shards(root: Path, *, n_train: int = 20_000, n_val: int = 4_000) -> DataSpec:
+    """Byte-valued token shards with learnable structure (a repeating text)."""
+    text = ("def add(a, b):\n    return a + b\n\n# the quick brown fox jumps over the lazy dog\n" * 2000).encode()
+    tokens = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+    root.mkdir(parents=True, exist_ok=True)
+    tokens[:n_train].tofile(root / "train_000.bin")
+    tokens[n_train : n_train + n_val].tofile(root / "val_000.bin")
+    return DataSpec(source="bin", train_paths=(str(root / "train_*.bin"),), val_paths=(str(root / "val_000.bin"),))
+
+
+def tiny_run(out: Path, data: DataSpec, **changes: Any) -> RunSpec:
+    """The smallest Parcae run: d 32, 1/1/1 layers, context 32, batch 4."""
+    model = changes.pop("model", None) or get_config(
+        "parcae-tiny-64", d_model=32, d_ff=64, n_heads=2, seq_len=32, mu_rec=2, vocab_size=256,
+    )
+    base: dict[str, Any] = dict(
+        model=model, output_dir=str(out), tokens=4 * 32 * 6, batch_size=4, data=data,
+        optimizer=OptimizerSpec(lr=3e-3), metrics_every_steps=1, eval_tokens=512, seed=1,
+    )
+    base.update(changes)
+    return RunSpec(**base)
