@@ -188,5 +188,8 @@ def bootstrap_fit(
     """
     weights = bootstrap_weights(groups, n_resamples, seed)
     x0 = np.repeat(np.asarray(theta_hat, dtype=float)[None, :], n_resamples, axis=0)
-    res = batched_lbfgs(lambda x, idx: objective.value_and_grad(x, weights[idx]), x0, lower, upper)
+    # Relative stopping: replicas start at the optimum of nearby data, where the absolute
+    # decrease per step is tiny long before the replica's own optimum is reached.
+    res = batched_lbfgs(lambda x, idx: objective.value_and_grad(x, weights[idx]), x0, lower, upper,
+                        ftol=1e-10, gtol=1e-12, f_scale=0.0, max_iter=500)
     return res.x

@@ -150,11 +150,13 @@ def batched_lbfgs(
     ftol: float = 2.2e-9,  # scipy L-BFGS-B's default factr·eps
     gtol: float = 1e-5,
     min_iter: int = 3,
+    f_scale: float = 1.0,
 ) -> BatchResult:
     """Projected L-BFGS with Armijo backtracking, run on all rows of x0 at once.
 
     `fun(x_sub, idx)` returns objective and gradient for the rows `idx` of the batch (so that
-    per-row data such as bootstrap weights can be looked up).
+    per-row data such as bootstrap weights can be looked up). A row stops when its decrease
+    falls below ftol·max(|f|, f_scale) (f_scale=1 is scipy's rule; 0 makes it relative).
     """
     x = np.clip(np.array(x0, dtype=float), lower, upper)
     s_count, p = x.shape
@@ -237,7 +239,7 @@ def batched_lbfgs(
         x[a], f[a], g[a] = x_new, f_new, g_new
         n_iter[a] += 1
         pg = np.clip(x[a] - g[a], lower, upper) - x[a]  # projected gradient
-        done = (f_old - f[a]) <= ftol * np.maximum(np.maximum(np.abs(f_old), np.abs(f[a])), 1.0)
+        done = (f_old - f[a]) <= ftol * np.maximum(np.maximum(np.abs(f_old), np.abs(f[a])), f_scale)
         done &= n_iter[a] >= min_iter  # no verdict from the first steepest-descent steps
         done |= np.abs(pg).max(axis=1) <= gtol
         done |= stalled
