@@ -1,8 +1,21 @@
-"""Fused ops for looped LMs: Triton on CUDA, exact PyTorch paths everywhere else."""
+"""Fused ops for looped LMs: Triton on CUDA, exact PyTorch paths everywhere else.
 
-from parcae_scaling.kernels.reference import (
-    diagonal_injection_reference as diagonal_injection,
-    linear_cross_entropy_reference as linear_cross_entropy,
+`linear_cross_entropy` and `diagonal_injection` pick an implementation per call
+(see `dispatch.py`); `impl=` forces one by name.
+"""
+
+from parcae_scaling.kernels.dispatch import (
+    INJECTION_IMPLS,
+    LINEAR_CE_IMPLS,
+    diagonal_injection,
+    linear_cross_entropy,
+    triton_available,
 )
 
-__all__ = ["diagonal_injection", "linear_cross_entropy"]
+__all__ = [
+    "INJECTION_IMPLS",
+    "LINEAR_CE_IMPLS",
+    "diagonal_injection",
+    "linear_cross_entropy",
+    "triton_available",
+]
