@@ -33,6 +33,7 @@ def train_one_command(
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
     seed: int = typer.Option(0, help="Seed for init, batches and depths."),
     tokenizer: str = typer.Option("byte", help="byte | bpe (trained locally on the corpus)."),
+    eval_tokens: int = typer.Option(16_384, help="Validation tokens per evaluated recurrence."),
     output_dir: str = typer.Option(None, help="Run directory (default runs/train-one-<run id>)."),
     spec: str = typer.Option(None, help="Train a RunSpec JSON file instead (other options ignored)."),
     threads: int = typer.Option(1, help="torch CPU threads; 1 is fastest for tiny models on a busy box."),
@@ -53,7 +54,8 @@ def train_one_command(
         else:
             run = train_one_spec(model=model, mu_rec=mu_rec, budget_flops=budget_flops,
                                  tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
-                                 lr=lr, seed=seed, tokenizer=tokenizer, output_dir=output_dir)
+                                 lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
+                                 output_dir=output_dir)
         out = train_one(run)
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -1,0 +1,52 @@
+"""`parcae-sweep train-one`: a tiny run end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from parcae_scaling.cli import sweep_app
+from parcae_scaling.db.files import read_run_dir
+from parcae_scaling.model.train_one import train_one_spec
+
+
+def _invoke(args: list[str]):
+    # With a single registered command Typer runs it as the root; with several, by name.
+    prefix = ["train-one"] if hasattr(get_command(sweep_app), "commands") else []
+    before = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(sweep_app, prefix + args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_one_prints_summary_and_writes_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARCAE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    res = _invoke(["--tokens", "4096", "--batch-size", "4", "--seq-len", "64", "--eval-tokens", "1024",
+                   "--output-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["tokens_trained"] == 4096
+    assert '"final_val_loss"' in res.output and "unigram entropy" in res.output
+    contents = read_run_dir(out)
+    assert {name for _, _, name, _ in contents.metrics} >= {"loss", "lr", "tokens", "flops", "mfu"}
+    assert sorted(e.recurrence for _, e in contents.evals) == [1, 2, 4]
+    assert [s.status.value for s in contents.statuses] == ["running", "succeeded"]
+
+
+def test_train_one_reports_bad_input(tmp_path: Path) -> None:
+    res = _invoke(["--model", "parcae-huge", "--output-dir", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "unknown model config" in res.output
+
+
+def test_train_one_spec_defaults_to_a_run_dir_named_by_id() -> None:
+    spec = train_one_spec()
+    assert spec.output_dir == str(Path("runs") / f"train-one-{spec.run_id}")
+    assert spec.mu_rec == 2 and spec.budget_flops == 2e11 and spec.data.source == "embedded"
+    assert train_one_spec(model="transformer-tiny-64").mu_rec == 1  # mu_rec ignored for fixed depth
