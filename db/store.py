@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, exc, select, update
+from sqlalchemy import Connection, Engine, bindparam, exc, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
@@ -32,12 +33,23 @@ MetricRow = tuple[str, int, str, float]  # (run_id, step, name, value)
 # Rows per executemany inside one transaction: large enough to amortise the commit, small
 # enough that other writers wait only milliseconds for the lock.
 WRITE_CHUNK_ROWS = 20_000
+_METRIC_COLUMNS = ("run_id", "name", "step", "value")
+_DbMetric = tuple[str, str, int, float]  # in _METRIC_COLUMNS order
 _FAILURE_STATUSES = {RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.PREEMPTED, RunStatus.CANCELLED}
 
 
 def _insert(conn: Connection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+@functools.cache
+def _sqlite_metric_insert_sql() -> str:
+    stmt = sqlite.insert(Metric).values({c: bindparam(c) for c in _METRIC_COLUMNS}).on_conflict_do_nothing()
+    compiled = stmt.compile(dialect=sqlite.dialect())
+    if list(compiled.positiontup or []) != list(_METRIC_COLUMNS):
+        raise RuntimeError(f"unexpected parameter order {compiled.positiontup} in {compiled}")
+    return str(compiled)
 
 
 def _fit_payload(result: Any) -> dict[str, Any]:
@@ -232,9 +244,9 @@ class Store(StoreQueries):
     def log_metric_rows(self, rows: Iterable[MetricRow]) -> None:
         """Write (run_id, step, name, value) rows; replayed rows are ignored. Each chunk of
         WRITE_CHUNK_ROWS rows is one transaction: committed whole or not at all."""
-        batch: list[dict[str, Any]] = []
+        batch: list[_DbMetric] = []
         for run_id, step, name, value in rows:
-            batch.append({"run_id": run_id, "step": int(step), "name": name, "value": float(value)})
+            batch.append((run_id, name, int(step), float(value)))
             if len(batch) >= WRITE_CHUNK_ROWS:
                 self._write_metrics(batch)
                 batch = []
@@ -245,16 +257,24 @@ class Store(StoreQueries):
         """One optimizer step's scalars (convenience; batch with log_metric_rows for speed)."""
         self.log_metric_rows((run_id, step, name, value) for name, value in values.items())
 
-    def _write_metrics(self, batch: list[dict[str, Any]]) -> None:
+    def _write_metrics(self, batch: list[_DbMetric]) -> None:
         with self.engine.begin() as conn:
             self._insert_metrics(conn, batch)
 
-    def _insert_metrics(self, conn: Connection, batch: list[dict[str, Any]]) -> None:
+    def _insert_metrics(self, conn: Connection, batch: list[_DbMetric]) -> None:
         try:
-            with conn.begin_nested() if conn.dialect.name == "postgresql" else contextlib.nullcontext():
-                conn.execute(_insert(conn, Metric).on_conflict_do_nothing(), batch)
+            if conn.dialect.name == "sqlite":
+                # Hot path: SQLAlchemy compiles the statement once; the driver's executemany binds
+                # plain tuples (SQLAlchemy's per-row parameter processing halves throughput).
+                conn.exec_driver_sql(_sqlite_metric_insert_sql(), batch)
+            else:
+                with conn.begin_nested():  # an error must not abort the caller's transaction
+                    conn.execute(
+                        _insert(conn, Metric).on_conflict_do_nothing(),
+                        [dict(zip(_METRIC_COLUMNS, row)) for row in batch],
+                    )
         except exc.IntegrityError as err:
-            self._raise_unknown_runs(conn, {r["run_id"] for r in batch}, err)
+            self._raise_unknown_runs(conn, {row[0] for row in batch}, err)
             raise
 
     def _raise_unknown_runs(self, conn: Connection, run_ids: set[str], err: Exception) -> None:
@@ -307,7 +327,7 @@ class Store(StoreQueries):
         with self.engine.begin() as conn:
             if conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
                 raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
-            rows = [{"run_id": r, "step": s, "name": n, "value": v} for r, s, n, v in contents.metrics]
+            rows: list[_DbMetric] = [(r, n, s, v) for r, s, n, v in contents.metrics]
             for i in range(0, len(rows), WRITE_CHUNK_ROWS):
                 self._insert_metrics(conn, rows[i : i + WRITE_CHUNK_ROWS])
             if contents.evals:
