@@ -68,3 +68,105 @@ def train_one_command(
                    f"{out.unigram_entropy_nats:.4f} nats/token")
     if r.status.value != "succeeded":
         raise typer.Exit(code=1)
+
+
+# ---- parcae-fit ---------------------------------------------------------------------------
+from pathlib import Path as _Path  # noqa: E402
+from typing import Annotated as _Ann, Optional as _Opt  # noqa: E402
+
+_CSV = _Ann[_Opt[_Path], typer.Argument(help="results CSV (run table; see scaling/data.py)")]
+_STORE = _Ann[_Opt[str], typer.Option("--store", help="store URL (instead of a CSV)")]
+_SWEEP = _Ann[_Opt[str], typer.Option("--sweep", help="sweep name in the store")]
+_OUT = _Ann[_Path, typer.Option("--out", help="output folder for JSON and figures")]
+_MODEL = _Ann[_Opt[str], typer.Option("--model", help="model size to fit when the table holds several")]
+_BOOT = _Ann[int, typer.Option("--bootstrap", help="bootstrap resamples (0 = none)")]
+_EFF = _Ann[str, typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or 'column'")]
+_NC = _Ann[_Opt[float], typer.Option("--non-core", help="non-core params (else column non_core_params)")]
+_CORE = _Ann[_Opt[float], typer.Option("--core", help="core params (else column core_params)")]
+_PCOL = _Ann[str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=1)
+
+
+@fit_app.command("isoflop")
+def fit_isoflop_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
+                        model: _MODEL = None, bootstrap: _BOOT = 200,
+                        x: _Ann[str, typer.Option(help="parabola variable: mu_rec, tokens or params")] = "mu_rec") -> None:
+    """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
+    from parcae_scaling.scaling.cli_support import looped_runs, read_input
+    from parcae_scaling.scaling.report import run_isoflop
+    try:
+        df, source = read_input(csv, store, sweep, model=model)
+        typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
+    except ValueError as err:
+        _fail(err)
+
+
+@fit_app.command("parametric")
+def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
+                           model: _MODEL = None, bootstrap: _BOOT = 200,
+                           law: _Ann[str, typer.Option(help="parcae or chinchilla")] = "parcae",
+                           eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
+                           params_column: _PCOL = "params_effective") -> None:
+    """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
+    from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
+    from parcae_scaling.scaling.report import run_parametric
+    try:
+        df, source = read_input(csv, store, sweep, model=model)
+        fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
+                                    effective_params=effective_params(eff, non_core, core, params_column))
+        typer.echo(fit.summary())
+        if "holdout" in extra:
+            typer.echo("  " + extra["holdout"]["summary"])
+    except ValueError as err:
+        _fail(err)
+
+
+@fit_app.command("test-time")
+def fit_test_time_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
+                          model: _MODEL = None) -> None:
+    """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
+    from parcae_scaling.scaling.cli_support import read_input
+    from parcae_scaling.scaling.report import run_test_time
+    try:
+        df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
+        typer.echo(run_test_time(df, out).summary())
+    except ValueError as err:
+        _fail(err)
+
+
+@fit_app.command("frontier")
+def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
+                         model: _MODEL = None, bootstrap: _BOOT = 200, eff: _EFF = "unrolled",
+                         non_core: _NC = None, core: _CORE = None, params_column: _PCOL = "params_effective") -> None:
+    """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
+    from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
+    from parcae_scaling.scaling.report import run_frontier, run_parametric
+    try:
+        df, source = read_input(csv, store, sweep, model=model)
+        e = effective_params(eff, non_core, core, params_column)
+        fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
+        typer.echo(fit.summary())
+        front = run_frontier(looped_runs(df), fit, out, effective_params=e)
+        for p in front.points[:: max(1, len(front.points) // 6)]:
+            tag = " (extrapolated)" if p.extrapolated else ""
+            typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
+                       f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
+    except ValueError as err:
+        _fail(err)
+
+
+@fit_app.command("report")
+def fit_report_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
+                       model: _MODEL = None, bootstrap: _BOOT = 200,
+                       test_time_csv: _Ann[_Opt[_Path], typer.Option("--test-time-csv", help="test-time CSV")] = None,
+                       eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
+                       params_column: _PCOL = "params_effective") -> None:
+    """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures."""
+    fit_isoflop_command(csv, store, sweep, out, model, bootstrap)
+    fit_frontier_command(csv, store, sweep, out, model, bootstrap, eff, non_core, core, params_column)
+    if store is not None or test_time_csv is not None:
+        fit_test_time_command(test_time_csv, None if test_time_csv else store, sweep, out, model)

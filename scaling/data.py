@@ -106,3 +106,25 @@ def epoch_chinchilla_table(path: str | Path, *, drop_highest: int = 5) -> pd.Dat
         "loss": raw["loss"].to_numpy(float),
         "flop_convention": "6ND",
     }).reset_index(drop=True)
+
+
+def runs_from_store_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Map the store's isoflop_table() columns onto RUN_COLUMNS (+ N(mu) breakdown, model)."""
+    df = frame.rename(columns={"params_total": "params", "model_size": "model", "params_core": "core_params"})
+    if "params_non_embedding" in df.columns and "core_params" in df.columns:
+        df["non_core_params"] = df["params_non_embedding"] - df["core_params"].astype("float64")
+    if "model_family" in df.columns:
+        df["arch"] = df["model_family"]
+    return df
+
+
+def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
+    """Read a sweep from the SQL store: kind 'runs' (loss at T = mu_rec) or 'test_time'."""
+    from parcae_scaling.db import Store  # imported here: fitting CSVs needs no database
+
+    if kind not in ("runs", "test_time"):
+        raise ValueError(f"kind={kind!r}: choose 'runs' or 'test_time'")
+    with Store.open(url, upgrade=False) as store:
+        if kind == "runs":
+            return runs_from_store_frame(store.isoflop_table(sweep))
+        return store.test_time_curves(sweep).rename(columns={"model_size": "model"})

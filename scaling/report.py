@@ -1,0 +1,98 @@
+"""End-to-end analyses that write JSON and figures to a folder (what `parcae-fit` calls)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from parcae_scaling.scaling.effective_params import EffectiveParams
+from parcae_scaling.scaling.figures import (
+    frontier_figure, isoflop_figure, optima_figure, residuals_figure, test_time_figure,
+)
+from parcae_scaling.scaling.fit import fit_law
+from parcae_scaling.scaling.frontier import FrontierResult, flops_per_token_from_runs, frontier, holdout_largest_budget
+from parcae_scaling.scaling.isoflop import IsoFlopResult, isoflop
+from parcae_scaling.scaling.laws import get_law
+from parcae_scaling.scaling.results import FitResult
+from parcae_scaling.scaling.testtime import TestTimeResult, fit_test_time
+
+
+def select_model(df: pd.DataFrame, model: str | None) -> pd.DataFrame:
+    """Keep one model size: fits across sizes would mix different N(mu)."""
+    if "model" not in df.columns:
+        return df
+    models = sorted(map(str, df["model"].dropna().unique()))
+    if model is None:
+        if len(models) > 1:
+            raise ValueError(f"the table holds several models {models}; choose one with model=... (--model)")
+        return df
+    if model not in models:
+        raise ValueError(f"model {model!r} not in the table; choose one of {models}")
+    return df[df["model"].astype(str) == model]
+
+
+def looped_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows that are looped runs of the Parcae model (transformer baselines have arch column)."""
+    if "arch" in df.columns:
+        return df[df["arch"].astype(str) != "transformer"]
+    return df
+
+
+def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstrap: int = 200,
+                source: str = "") -> IsoFlopResult:
+    res = isoflop(df, x=x, n_bootstrap=n_bootstrap, source=source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "isoflop.json").write_text(res.to_json())
+    isoflop_figure(res, df, out_dir)
+    optima_figure(res, out_dir)
+    return res
+
+
+def run_parametric(df: pd.DataFrame, out_dir: Path, *, law_name: str = "parcae",
+                   effective_params: EffectiveParams | None = None, n_bootstrap: int = 200,
+                   holdout: bool = True, source: str = "") -> tuple[FitResult, dict]:
+    options = {} if law_name in ("chinchilla",) else {"effective_params": effective_params}
+    law = get_law(law_name, **options)
+    fit = fit_law(law, df, n_bootstrap=n_bootstrap, source=source)
+    extra: dict = {}
+    if holdout and "budget_flops" in df.columns and df["budget_flops"].nunique() >= 3:
+        ho = holdout_largest_budget(law, df)
+        extra["holdout"] = {k: v for k, v in asdict(ho).items() if k != "fit"}
+        extra["holdout"]["summary"] = ho.summary()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.loads(fit.to_json())
+    payload.pop("bootstrap_params")  # kept in fit_<law>_bootstrap.json: large
+    (out_dir / f"fit_{law_name}.json").write_text(json.dumps({"fit": payload, **extra}, indent=2))
+    (out_dir / f"fit_{law_name}_full.json").write_text(fit.to_json(indent=None))
+    residuals_figure(fit, law, fit_input(df, law), out_dir)
+    return fit, extra
+
+
+def fit_input(df: pd.DataFrame, law) -> pd.DataFrame:
+    return df[df["loss"].notna()].reset_index(drop=True)
+
+
+def run_test_time(df: pd.DataFrame, out_dir: Path) -> TestTimeResult:
+    res = fit_test_time(df)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "test_time.json").write_text(res.to_json())
+    test_time_figure(res, out_dir)
+    return res
+
+
+def run_frontier(df: pd.DataFrame, fit: FitResult, out_dir: Path, *,
+                 effective_params: EffectiveParams | None = None, extrapolate: float = 16.0) -> FrontierResult:
+    law = get_law(fit.law, effective_params=effective_params)
+    fpt = flops_per_token_from_runs(df)
+    c = df["budget_flops"].to_numpy(float)
+    budgets = np.geomspace(c.min() / 2, c.max() * extrapolate, 25)
+    reference = {col: float(df[col].iloc[0]) for col in law.columns if col not in ("mu_rec", "tokens")}
+    front = frontier(fit, law, fpt, budgets, reference=reference, sampled_budgets=(c.min(), c.max()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "frontier.json").write_text(front.to_json())
+    frontier_figure(front, out_dir)
+    return front
