@@ -154,3 +154,14 @@ def test_failures_are_reported_with_status(tmp_path: Path) -> None:
     other = H.tiny_run(tmp_path / "run", data, seed=99)
     with pytest.raises(ValueError, match="fresh output_dir"):
         train_run(other, H.ListSink())
+
+
+def test_bf16_autocast_path_runs_on_cpu(tmp_path: Path) -> None:
+    data = H.write_bin_shards(tmp_path / "data")
+    sink = H.ListSink()
+    result = train_run(H.tiny_run(tmp_path / "run", data, tokens=256, precision="bf16"), sink)
+    fp32 = H.ListSink()
+    train_run(H.tiny_run(tmp_path / "run32", data, tokens=256), fp32)
+    assert result.status == RunStatus.SUCCEEDED and all(math.isfinite(v) for v in sink.losses().values())
+    assert sink.losses()[1] != fp32.losses()[1]  # autocast really changed the arithmetic
+    assert abs(sink.losses()[1] - fp32.losses()[1]) < 0.1

@@ -46,7 +46,12 @@ def write_bin_shards(root: Path, *, n_train: int = 20_000, n_val: int = 4_000) -
     text = ("def add(a, b):\n    return a + b\n\n# the quick brown fox jumps over the lazy dog\n" * 2000).encode()
     tokens = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
     root.mkdir(parents=True, exist_ok=True)
-    tokens[:n_train].tofile(root / "train_000.bin")
+    half = n_train // 2
+    tokens[:half].tofile(root / "train_000.bin")  # nanoGPT layout: headerless uint16
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, n_train - half)  # llm.c / nanochat layout: 1 KiB header
+    with open(root / "train_001.bin", "wb") as f:
+        f.write(header.tobytes() + tokens[half:n_train].tobytes())
     tokens[n_train : n_train + n_val].tofile(root / "val_000.bin")
     return DataSpec(source="bin", train_paths=(str(root / "train_*.bin"),), val_paths=(str(root / "val_000.bin"),))
 
