@@ -27,7 +27,7 @@ from parcae_scaling.db.sink import EvalRow, RunStatus
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 STATUS_FILE = "status.jsonl"
-_FILES = (METRICS_FILE, EVALS_FILE, STATUS_FILE)
+RUN_DIR_FILES = (METRICS_FILE, EVALS_FILE, STATUS_FILE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,7 @@ class RunDirSink:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[str]] = {}
-        for name in _FILES:
+        for name in RUN_DIR_FILES:
             path = self.run_dir / name
             _repair_tail(path)
             self._files[name] = open(path, "a", encoding="utf-8")

@@ -25,6 +25,7 @@ RUNS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "status_step": "Int64", "backend": "object", "job_id": "object",
     "attempt": "int64", "heartbeat": "datetime64[ns, UTC]", "started": "datetime64[ns, UTC]",
     "ended": "datetime64[ns, UTC]", "failure_kind": "object", "failure_message": "object",
+    "output_dir": "object",
 }
 FINAL_LOSS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "final_step": "Int64", "train_loss": "float64", "eval_loss": "float64",
@@ -84,7 +85,8 @@ class StoreQueries:
     def runs(self, sweep: str | None = None, *, status: RunStatus | str | None = None) -> pd.DataFrame:
         """One row per run (the status view), ordered by sweep, size, budget, mu_rec."""
         cols = [*_RUN_SELECT, Run.status_step, Run.backend, Run.job_id, Run.attempt,
-                Run.heartbeat, Run.started, Run.ended, Run.failure_kind, Run.failure_message]
+                Run.heartbeat, Run.started, Run.ended, Run.failure_kind, Run.failure_message,
+                Run.output_dir]
         stmt = select(*cols).order_by(Run.sweep, Run.model_size, Run.budget_flops, Run.mu_rec, Run.id)
         if sweep is not None:
             stmt = stmt.where(Run.sweep == sweep)

@@ -99,6 +99,7 @@ class Run(Base):
     ended: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failure_kind: Mapped[str | None] = mapped_column(String(50))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    output_dir: Mapped[str | None] = mapped_column(String(1000))  # revision 0002
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 
 from parcae_scaling.db.engine import make_engine, normalise_url
 from parcae_scaling.db.errors import StoreError, UnknownRunError
-from parcae_scaling.db.files import read_run_dir
+from parcae_scaling.db.files import RUN_DIR_FILES, read_run_dir
 from parcae_scaling.db.migrate import ensure_schema
 from parcae_scaling.db.queries import StoreQueries
 from parcae_scaling.db.records import IngestReport, RunRecord, check_json
@@ -172,7 +172,7 @@ class Store(StoreQueries):
                     "flop_convention": r.flop_convention, "flops_per_token": r.flops_per_token,
                     "tokens": r.tokens, "status": r.status.value, "status_step": None,
                     "status_at": now, "backend": r.backend, "job_id": r.job_id,
-                    "attempt": r.attempt, "created": now,
+                    "attempt": r.attempt, "output_dir": r.output_dir, "created": now,
                 }
                 for r in new
             ]
@@ -341,6 +341,19 @@ class Store(StoreQueries):
             status_events=len(contents.statuses),
             final_status=contents.statuses[-1].status if contents.statuses else None,
         )
+
+    def ingest_sweep(self, sweep: str) -> list[IngestReport]:
+        """Ingest the RunDirSink files of every run of `sweep` whose recorded output_dir holds
+        them (runs without files yet are skipped; repeat as often as you like)."""
+        with self._read() as conn:
+            dirs = conn.execute(
+                select(Run.id, Run.output_dir).where(Run.sweep == sweep, Run.output_dir.is_not(None)).order_by(Run.id)
+            ).all()
+        return [
+            self.ingest_run_dir(run_id, out)
+            for run_id, out in dirs
+            if any(os.path.exists(os.path.join(out, name)) for name in RUN_DIR_FILES)
+        ]
 
     # ---- fits -------------------------------------------------------------------------------
 

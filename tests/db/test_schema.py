@@ -111,3 +111,35 @@ def test_network_filesystem_detection():
         check_sqlite_path("/mnt/my lab/x.sqlite", MOUNTS)
     check_sqlite_path("/home/me/parcae.sqlite", MOUNTS)  # local disk: fine
     check_sqlite_path("/mnt/shared/local/x.sqlite", MOUNTS)
+
+
+def test_older_revision_is_migrated_or_refused(store_url):
+    from alembic import command
+    from datetime import datetime
+
+    from parcae_scaling.db.engine import make_engine
+    from parcae_scaling.db.migrate import alembic_config
+
+    engine = make_engine(store_url)
+    with engine.begin() as conn:  # a store as parcae-scaling 0001 left it, with one run
+        command.upgrade(alembic_config(conn), "0001_initial")
+        now = datetime(2026, 1, 1)
+        conn.execute(text("INSERT INTO sweeps (name, spec, created) VALUES ('old', '{}', :t)"), {"t": now})
+        conn.execute(
+            text(
+                "INSERT INTO runs (id, sweep, spec, model_family, model_size, params_total, "
+                "params_non_embedding, mu_rec, mu_bwd, budget_flops, flop_convention, flops_per_token, "
+                "tokens, status, status_at, attempt, created) VALUES ('r-old', 'old', '{\"k\": 1}', "
+                "'parcae', 'tiny', 10, 5, 2, 1, 1e12, 'reference', 1e6, 1000, 'succeeded', :t, 0, :t)"
+            ),
+            {"t": now},
+        )
+    engine.dispose()
+    with pytest.raises(SchemaError, match="older schema revision '0001_initial'.*upgrade=True"):
+        Store.open(store_url, upgrade=False)
+    with Store.open(store_url) as s:  # default: migrate in place, keeping the data
+        runs = s.runs("old")
+        assert runs.run_id.tolist() == ["r-old"] and runs.output_dir.isna().all()
+        assert s.run_spec("r-old") == {"k": 1}
+        with s.engine.connect() as conn:
+            assert not compare_metadata(MigrationContext.configure(conn), Base.metadata)
