@@ -10,6 +10,10 @@ The tokenized splits are cached as flat token files (`train.bin`, `val.bin`, raw
 read with numpy memmap) under `<cache>/corpus/<key>/`, built in a temporary directory and
 renamed into place, so a second build is a manifest read and a crashed build leaves nothing
 half-written. Cache root: argument > $PARCAE_CACHE_DIR > ~/.cache/parcae_scaling.
+
+Size (CPython 3.11 on Linux, val_percent 5): 732 files, 12.1 MB of source; byte-level
+10,855,819 train / 1,224,652 validation tokens (690 / 42 files), 24 MB cached as uint16;
+unigram entropy of the train split 3.2515 nats per byte. Builds in about 2 s.
 """
 
 from __future__ import annotations
