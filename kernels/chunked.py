@@ -86,12 +86,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 "linear_cross_entropy(impl='chunked') computes its gradients in the forward pass: "
                 "run backward once per forward, with grad enabled during the forward"
             )
+        # Scaled in place (no second [vocab, d] buffer at the peak): the buffers are ours and
+        # are dropped here, which is also why a second backward must raise above.
         grad_h = grad_w = None
         if ctx.grad_h is not None:
-            grad_h = (ctx.grad_h * grad_loss).to(ctx.grad_h.dtype)
+            grad_h = ctx.grad_h.mul_(grad_loss.to(ctx.grad_h.dtype))
         if ctx.grad_w_fp32 is not None:
-            grad_w = (ctx.grad_w_fp32 * grad_loss).to(ctx.weight_dtype)
-        ctx.grad_h = ctx.grad_w_fp32 = None  # free the buffers as soon as autograd owns the grads
+            grad_w = ctx.grad_w_fp32.mul_(grad_loss).to(ctx.weight_dtype)
+        ctx.grad_h = ctx.grad_w_fp32 = None
         return grad_h, grad_w, None, None, None, None, None
 
 

@@ -91,7 +91,25 @@ def linear_cross_entropy(
     if softcap is not None and not softcap > 0:
         raise ValueError(f"linear_cross_entropy: softcap must be > 0 or None, got {softcap}")
     fn = _pick(LINEAR_CE_IMPLS, impl, h.is_cuda, "chunked", "linear_cross_entropy")
+    if fn is not linear_cross_entropy_reference:
+        h, weight = _autocast_matmul_inputs(h, weight)
     return fn(h, weight, targets, ignore_index=ignore_index, softcap=softcap)
+
+
+def _autocast_matmul_inputs(h: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cast (h, weight) as autocast would cast the `h @ weight.T` of the reference: custom
+    autograd Functions are not autocast, so the fused paths do it here (differentiably, so
+    an fp32 master weight still gets an fp32 gradient)."""
+    device_type = h.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return h.to(dtype), weight.to(dtype)
+    if h.dtype != weight.dtype:
+        raise ValueError(
+            f"linear_cross_entropy: h is {h.dtype} but weight is {weight.dtype}; cast one, or run under "
+            "torch.autocast to compute in a lower precision"
+        )
+    return h, weight
 
 
 def diagonal_injection(

@@ -92,6 +92,29 @@ def test_bf16_is_as_accurate_as_the_bf16_reference(request, impl, softcap):
 
 
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_cpu_autocast_bf16_with_fp32_master_weights(request, impl):
+    """Under autocast the fused paths compute in bf16 like the reference's autocast matmul,
+    and the fp32 weight still gets an fp32 gradient."""
+    if impl == "triton":
+        request.getfixturevalue("triton_interpreted")
+    h, weight, targets = make_inputs()
+    truth = loss_and_grads(linear_cross_entropy_reference, h.double(), weight.double(), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = loss_and_grads(linear_cross_entropy_reference, h, weight, targets)
+        got = loss_and_grads(linear_cross_entropy, h, weight, targets, impl=impl)
+    assert got[2].dtype == ref[2].dtype == torch.float32
+    for name, g, r, t in zip(("loss", "grad_h", "grad_w"), got, ref, truth):
+        got_err, ref_err = (g.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+        assert got_err <= 2 * ref_err + 1e-3 * t.abs().max().item(), f"{name}: {got_err:.3g} vs {ref_err:.3g}"
+
+
+def test_mixed_dtypes_without_autocast_raise():
+    h, weight, targets = make_inputs()
+    with pytest.raises(ValueError, match="torch.autocast"):
+        linear_cross_entropy(h.bfloat16(), weight, targets)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
 def test_all_targets_ignored_gives_nan_loss_and_zero_grads(request, impl):
     if impl == "triton":
         request.getfixturevalue("triton_interpreted")
