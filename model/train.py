@@ -42,6 +42,7 @@ SPEC_FILE = "run_spec.json"
 SUMMARY_VERSION = 1
 _RECENT_LOSSES = 10  # final train loss = mean of the last steps' losses
 _DEPTH_STREAM = 0xDE97
+_EVAL_STREAM = 1 << 40  # step numbers at and above this seed evaluation, never training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,10 +146,13 @@ def evaluate_recurrences(
     rows: list[EvalRow] = []
     for t in run.recurrences_to_evaluate():
         total, count = 0.0, 0
-        for x, y in val_batches(data.val, seq_len=run.seq_len, batch_size=run.batch_size, max_tokens=run.eval_tokens):
+        batches = val_batches(data.val, seq_len=run.seq_len, batch_size=run.batch_size, max_tokens=run.eval_tokens)
+        for i, (x, y) in enumerate(batches):
             x, y = x.to(device), y.to(device)
+            # Seeded per (T, batch): the random initial state h_0 never depends on RNG history.
+            gen = depth_generator(run.seed, _EVAL_STREAM + t, i)
             with _autocast(run, device):
-                out = model(x, y, recurrence=t if run.model.is_looped else None)
+                out = model(x, y, recurrence=t if run.model.is_looped else None, generator=gen)
             total += float(out.loss) * y.numel()
             count += y.numel()
         rows.append(EvalRow(recurrence=t, split="val", loss=total / count, tokens=count))

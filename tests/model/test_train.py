@@ -165,3 +165,20 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path: Path) -> None:
     assert result.status == RunStatus.SUCCEEDED and all(math.isfinite(v) for v in sink.losses().values())
     assert sink.losses()[1] != fp32.losses()[1]  # autocast really changed the arithmetic
     assert abs(sink.losses()[1] - fp32.losses()[1]) < 0.1
+
+
+def test_evaluation_gives_one_row_per_recurrence_independent_of_rng_history(tmp_path: Path) -> None:
+    from parcae_scaling.model.data import load_data
+    from parcae_scaling.model.train import evaluate_recurrences
+
+    run = H.tiny_run(tmp_path / "run", H.write_bin_shards(tmp_path / "d"), eval_recurrences=(1, 3, 6))
+    torch.manual_seed(0)
+    model = build_model(run.model)
+    data = load_data(run.data)
+    torch.manual_seed(123)
+    first = evaluate_recurrences(model, data, run, torch.device("cpu"))
+    torch.manual_seed(456)
+    second = evaluate_recurrences(model, data, run, torch.device("cpu"))
+    assert [r.recurrence for r in first] == [1, 2, 3, 6] and first == second
+    assert len({r.loss for r in first}) == 4  # depth really changes the prediction
+    assert model.training  # evaluation restores training mode
