@@ -33,7 +33,7 @@ def _delta_and_a_bar(log_a_ptr, dt_bias_ptr, cols, col_mask):
 @triton.jit
 def _forward_kernel(h_ptr, u_ptr, log_a_ptr, dt_bias_ptr, out_ptr, n_rows, dim,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < dim
     mask = (rows < n_rows)[:, None] & col_mask[None, :]
@@ -50,7 +50,7 @@ def _backward_kernel(grad_out_ptr, h_ptr, u_ptr, log_a_ptr, dt_bias_ptr, grad_h_
                      partial_gh_ptr, partial_gu_ptr, n_rows, dim,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     row_block = tl.program_id(0)
-    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < dim
     mask = (rows < n_rows)[:, None] & col_mask[None, :]

@@ -33,7 +33,7 @@ def _tanh(x):
 
 @triton.jit
 def _logits_tile(h_ptr, w_ptr, rows, row_mask, cols, col_mask, dim, softcap,
-                 HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                 HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """fp32 (capped) logits for rows × cols; padded columns are -inf."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
@@ -45,7 +45,7 @@ def _logits_tile(h_ptr, w_ptr, rows, row_mask, cols, col_mask, dim, softcap,
         if UPCAST:
             h_tile = h_tile.to(tl.float32)
             w_tile = w_tile.to(tl.float32)
-        acc = tl.dot(h_tile, tl.trans(w_tile), acc, input_precision="ieee")
+        acc = tl.dot(h_tile, tl.trans(w_tile), acc, input_precision=DOT_PRECISION)
     if HAS_SOFTCAP:
         acc = softcap * _tanh(acc / softcap)
     return tl.where(col_mask[None, :], acc, float("-inf"))
@@ -66,19 +66,19 @@ def _grad_logits_tile(logits, lse, targets, valid, cols, col_mask, scale, softca
 
 @triton.jit
 def _forward_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, loss_ptr, n_tokens, vocab, dim, ignore_index, softcap,
-                    HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                    HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n_tokens
     targets = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
     running_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
     target_logit = tl.zeros([BLOCK_N], dtype=tl.float32)
     for v0 in range(0, vocab, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < vocab
         logits = _logits_tile(h_ptr, w_ptr, rows, row_mask, cols, col_mask, dim, softcap,
-                              HAS_SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_SOFTCAP, UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         running_max = new_max
@@ -91,19 +91,19 @@ def _forward_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, loss_ptr, n_tokens, vocab, dim
 
 @triton.jit
 def _grad_h_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_h_ptr, n_tokens, vocab, dim, ignore_index, softcap,
-                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n_tokens
     targets = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (targets != ignore_index)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     scale = tl.load(scale_ptr)
     for v0 in range(0, vocab, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < vocab
         logits = _logits_tile(h_ptr, w_ptr, rows, row_mask, cols, col_mask, dim, softcap,
-                              HAS_SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_SOFTCAP, UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         grad = _grad_logits_tile(logits, lse, targets, valid, cols, col_mask, scale, softcap, HAS_SOFTCAP)
         grad = grad.to(w_ptr.dtype.element_ty)
         if UPCAST:
@@ -117,24 +117,24 @@ def _grad_h_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_h_ptr, n_tokens
             out_ptrs = grad_h_ptr + rows[:, None] * dim + ds[None, :]
             out_mask = row_mask[:, None] & d_mask[None, :]
             partial = tl.load(out_ptrs, mask=out_mask, other=0.0)
-            tl.store(out_ptrs, tl.dot(grad, w_tile, partial, input_precision="ieee"), mask=out_mask)
+            tl.store(out_ptrs, tl.dot(grad, w_tile, partial, input_precision=DOT_PRECISION), mask=out_mask)
 
 
 @triton.jit
 def _grad_w_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_w_ptr, n_tokens, vocab, dim, ignore_index, softcap,
-                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    cols = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     col_mask = cols < vocab
     scale = tl.load(scale_ptr)
     for n0 in range(0, n_tokens, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
+        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         row_mask = rows < n_tokens
         targets = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
         valid = row_mask & (targets != ignore_index)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
         logits = _logits_tile(h_ptr, w_ptr, rows, row_mask, cols, col_mask, dim, softcap,
-                              HAS_SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_SOFTCAP, UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         grad = _grad_logits_tile(logits, lse, targets, valid, cols, col_mask, scale, softcap, HAS_SOFTCAP)
         grad_t = tl.trans(grad.to(h_ptr.dtype.element_ty))
         if UPCAST:
@@ -148,7 +148,7 @@ def _grad_w_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_w_ptr, n_tokens
             out_ptrs = grad_w_ptr + cols[:, None] * dim + ds[None, :]
             out_mask = col_mask[:, None] & d_mask[None, :]
             partial = tl.load(out_ptrs, mask=out_mask, other=0.0)
-            tl.store(out_ptrs, tl.dot(grad_t, h_tile, partial, input_precision="ieee"), mask=out_mask)
+            tl.store(out_ptrs, tl.dot(grad_t, h_tile, partial, input_precision=DOT_PRECISION), mask=out_mask)
 
 
 def is_interpreted(kernel) -> bool:
@@ -177,7 +177,10 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         block_n, block_v, block_d = blocks
         lse = torch.empty(n_tokens, dtype=torch.float32, device=h_2d.device)
         loss_per_token = torch.empty(n_tokens, dtype=torch.float32, device=h_2d.device)
-        meta = dict(HAS_SOFTCAP=softcap is not None, UPCAST=kernels_interpreted() or h_2d.dtype == torch.float32,
+        is_fp32 = h_2d.dtype == torch.float32
+        meta = dict(HAS_SOFTCAP=softcap is not None, UPCAST=kernels_interpreted() or is_fp32,
+                    # fp32: exact products like the reference (no TF32); bf16: triton's default.
+                    DOT_PRECISION="ieee" if is_fp32 else "tf32",
                     BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d)
         _forward_kernel[(triton.cdiv(n_tokens, block_n),)](
             h_2d, weight, targets_1d, lse, loss_per_token, n_tokens, vocab, dim, ignore_index,
