@@ -50,3 +50,21 @@ def test_train_one_spec_defaults_to_a_run_dir_named_by_id() -> None:
     assert spec.output_dir == str(Path("runs") / f"train-one-{spec.run_id}")
     assert spec.mu_rec == 2 and spec.budget_flops == 2e11 and spec.data.source == "embedded"
     assert train_one_spec(model="transformer-tiny-64").mu_rec == 1  # mu_rec ignored for fixed depth
+
+
+def test_train_one_runs_a_run_spec_file(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = helpers
+    spec.loader.exec_module(helpers)
+    run = helpers.tiny_run(tmp_path / "run", helpers.write_bin_shards(tmp_path / "d"), tokens=256)
+    (tmp_path / "run.json").write_text(run.to_json())
+    res = _invoke(["--spec", str(tmp_path / "run.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["run_id"] == run.run_id
+    (tmp_path / "bad.json").write_text(json.dumps({**run.to_dict(), "batch_size": 0}))
+    bad = _invoke(["--spec", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 1 and "RunSpec.batch_size" in bad.output
