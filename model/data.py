@@ -27,7 +27,7 @@ import torch
 
 from parcae_scaling.model.corpus import build_stdlib_corpus, cache_root, unigram_entropy_nats
 from parcae_scaling.model.run_spec import DataSpec
-from parcae_scaling.model.tokenizer import Tokenizer, get_tokenizer, token_dtype_for
+from parcae_scaling.model.tokenizer import Tokenizer, encode_documents, get_tokenizer, token_dtype_for
 
 HEADER_INTS = 256
 HEADER_MAGIC_DTYPES = {20240520: np.dtype(np.uint16), 20240801: np.dtype(np.uint32)}
@@ -137,9 +137,8 @@ def tokenize_parquet_shards(
                     f"{path}: no column {text_column!r} (columns: {pf.schema_arrow.names}); set DataSpec.text_column"
                 )
             for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
-                for text in batch.column(0).to_pylist():
-                    if text:
-                        chunks.append(tokenizer.encode_document(text).astype(dtype))
+                texts = [t for t in batch.column(0).to_pylist() if t]
+                chunks.extend(ids.astype(dtype) for ids in encode_documents(tokenizer, texts))
         if not chunks:
             raise ValueError(f"parquet shards {[str(p) for p in paths]} hold no text in column {text_column!r}")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,14 @@ class BpeTokenizer:
         return "bpe-" + hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
 
 
+def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """`encode_document` over many texts; batched (multi-threaded in Rust) for BPE."""
+    if isinstance(tokenizer, BpeTokenizer):
+        eos = [] if tokenizer._eos_id is None else [tokenizer._eos_id]
+        return [np.concatenate([ids, np.asarray(eos, dtype=np.uint32)]) for ids in tokenizer.encode_batch(texts)]
+    return [tokenizer.encode_document(t) for t in texts]
+
+
 def train_bpe(texts: Iterator[str] | list[str], *, vocab_size: int, path: str | Path) -> BpeTokenizer:
     """Train a byte-level BPE on `texts` and save it atomically to `path`."""
     from tokenizers import Tokenizer as HFTokenizer

@@ -189,3 +189,20 @@ def test_data_spec_validation() -> None:
         DataSpec(source="parquet", tokenizer="bpe", train_paths=("a",), val_paths=("b",))
     with pytest.raises(ValueError, match="matches no file"):
         expand_paths(["/nonexistent/*.bin"], field="train_paths")
+
+
+def test_parquet_with_local_bpe_tokenizer(tmp_path: Path) -> None:
+    from parcae_scaling.model.tokenizer import BPE_EOS, train_bpe
+
+    texts = [f"import os\nprint(os.path.join('a', 'b{i}'))\n" * 3 for i in range(40)]
+    tok = train_bpe(texts[:30], vocab_size=320, path=tmp_path / "tok" / "tokenizer.json")
+    pq.write_table(pa.table({"text": texts[:30]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"text": texts[30:]}), tmp_path / "val.parquet")
+    data = load_data(DataSpec(source="parquet", tokenizer="bpe", tokenizer_path=str(tmp_path / "tok" / "tokenizer.json"),
+                              train_paths=(str(tmp_path / "train.parquet"),), val_paths=(str(tmp_path / "val.parquet"),),
+                              cache_dir=str(tmp_path / "cache")))
+    assert data.vocab_size == tok.vocab_size <= 320
+    first = tok.encode_document(texts[0])
+    assert data.train.window(0, len(first)).tolist() == first.tolist()
+    assert int(first[-1]) == tok._tok.token_to_id(BPE_EOS)  # documents end with the separator
+    assert len(data.train) < sum(len(t) for t in texts[:30])  # BPE compresses
