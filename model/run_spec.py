@@ -292,12 +292,13 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Hash of the scientific content (not output dir / cadence / device) + package version."""
+        """Hash of the scientific content (not output dir, cache dir, cadence, device) + package version."""
         from parcae_scaling import __version__
 
         d = self.to_dict()
         for name in _NON_SCIENTIFIC:
             d.pop(name)
+        d["data"].pop("cache_dir")  # where caches live does not change the tokens
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(f"{__version__}|{blob}".encode()).hexdigest()[:16]
 

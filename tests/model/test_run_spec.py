@@ -39,6 +39,8 @@ def test_run_id_tracks_science_not_placement() -> None:
     spec = _spec()
     assert spec.run_id == _spec().run_id and len(spec.run_id) == 16
     assert spec.replace(output_dir="/elsewhere", metrics_every_steps=1).run_id == spec.run_id
+    assert spec.replace(data=DataSpec(cache_dir="/scratch/cache")).run_id == spec.run_id
+    assert spec.replace(data=DataSpec(tokenizer="bpe")).run_id != spec.run_id
     assert spec.replace(seed=1).run_id != spec.run_id
     assert _spec(model=get_config("parcae-tiny-64", mu_rec=2)).run_id != spec.run_id
 
