@@ -182,3 +182,13 @@ def test_evaluation_gives_one_row_per_recurrence_independent_of_rng_history(tmp_
     assert [r.recurrence for r in first] == [1, 2, 3, 6] and first == second
     assert len({r.loss for r in first}) == 4  # depth really changes the prediction
     assert model.training  # evaluation restores training mode
+
+
+def test_gradient_accumulation_reaches_the_global_batch(tmp_path: Path) -> None:
+    data = H.write_bin_shards(tmp_path / "data")
+    run = H.tiny_run(tmp_path / "run", data, batch_size=2, grad_accum_steps=3, tokens=2 * 3 * 32 * 4)
+    assert run.tokens_per_step == 192
+    sink = H.ListSink()
+    result = train_run(run, sink)
+    assert result.steps_done == 4 and result.tokens_trained == 768
+    assert [v["tokens"] for _, _, v in sink.metrics] == [192.0, 384.0, 576.0, 768.0]
