@@ -14,12 +14,17 @@ from sqlalchemy import text
 from parcae_scaling.db import Store
 from parcae_scaling.db.migrate import head_revision
 
-# Each writer logs 10,000 steps x {loss, lr} = 20,000 rows through StoreSink (batches of 1,000).
+# Each writer opens the (fresh) store, records the shared sweep and its own run, then logs
+# 10,000 steps x {loss, lr} = 20,000 rows through StoreSink (batches of 1,000).
 WRITER = """
 import sys, time
-from parcae_scaling.db import Store, StoreSink
+from parcae_scaling.db import RunRecord, Store, StoreSink
 url, run_id, steps, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 store = Store.open(url)
+store.record_sweep("sw", {"writers": 8})
+store.record_run(RunRecord(run_id=run_id, sweep="sw", spec={"id": run_id}, model_family="parcae",
+    model_size="tiny", params_total=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
+    flop_convention="reference", flops_per_token=1e6, tokens=1000))
 while not __import__("os").path.exists(go):  # start together to maximise contention
     time.sleep(0.01)
 with StoreSink(store, batch_rows=1000) as sink:
@@ -45,31 +50,22 @@ def _spawn(code: str, *args: str) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(600)
-def test_eight_concurrent_writers_lose_nothing(store_url, make_run, tmp_path):
+def test_eight_concurrent_writers_lose_nothing(store_url, tmp_path):
+    """Also covers many processes creating the schema and recording one sweep at the same time."""
     n_procs, steps = 8, 10_000
-    with Store.open(store_url) as store:
-        store.record_sweep("sw", {})
-        store.record_runs([make_run(f"r{i}") for i in range(n_procs)])
     go = tmp_path / "go"
     procs = [_spawn(WRITER, store_url, f"r{i}", str(steps), str(go)) for i in range(n_procs)]
-    time.sleep(1.0)
-    go.touch()
+    go.touch()  # writers that are ready start at once; the rest join as they finish opening
     errors = [p.communicate(timeout=540)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * n_procs, "\n".join(errors)
     assert not any("locked" in e for e in errors)
-    with Store.open(store_url) as store:
+    with Store.open(store_url, upgrade=False) as store:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
+        assert store.count_rows("sweeps") == 1 and store.count_rows("runs") == n_procs
         assert store.count_rows("metrics") == n_procs * 2 * steps == 160_000
         per_run = store.metric_history(sweep="sw", names=["loss"]).groupby("run_id").step.nunique()
         assert per_run.to_dict() == {f"r{i}": steps for i in range(n_procs)}
-
-
-def test_processes_opening_a_fresh_store_create_it_once(store_url):
-    code = "import sys; from parcae_scaling.db import Store; Store.open(sys.argv[1]).close()"
-    procs = [_spawn(code, store_url) for _ in range(4)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
-    with Store.open(store_url, upgrade=False) as store, store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
 
 
 @pytest.mark.timeout(300)
