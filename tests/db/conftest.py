@@ -6,6 +6,7 @@ the Debian package if needed); if it cannot start, PostgreSQL cases skip with th
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,12 @@ SERVICE = Path(__file__).resolve().parents[1] / "services" / "postgres.sh"
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """URL of the maintenance database of a private PostgreSQL cluster."""
+    """URL of the maintenance database of a private PostgreSQL cluster (or of the server named
+    by PARCAE_TEST_POSTGRES_URL, e.g. a CI service container; tests create their own databases)."""
+    external = os.environ.get("PARCAE_TEST_POSTGRES_URL")
+    if external:
+        yield external
+        return
     workdir = tempfile.mkdtemp(prefix="parcae-pg-")
     Path(workdir).chmod(0o755)
     try:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from parcae_scaling.db import (
-    EvalRow, MetricsSink, RunDirSink, RunStatus, Store, StoreError, StoreSink, UnknownRunError,
+    EvalRow, MetricsSink, RunDirSink, RunStatus, StoreError, StoreSink, UnknownRunError,
 )
 
 
