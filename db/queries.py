@@ -37,8 +37,10 @@ ISOFLOP_COLUMNS: dict[str, str] = {
     "flop_convention": "object", "loss": "float64",
 }
 TEST_TIME_COLUMNS: dict[str, str] = {
-    "run_id": "object", "model_size": "object", "mu_rec": "int64", "mu_bwd": "int64",
-    "budget_flops": "float64", "tokens": "int64", "recurrence": "int64", "loss": "float64",
+    "run_id": "object", "model_family": "object", "model_size": "object", "mu_rec": "int64",
+    "mu_bwd": "int64", "budget_flops": "float64", "tokens": "int64", "params_total": "int64",
+    "params_non_embedding": "int64", "params_core": "Int64", "flop_convention": "object",
+    "recurrence": "int64", "loss": "float64",
 }
 HISTORY_COLUMNS: dict[str, str] = {"run_id": "object", "step": "int64", "name": "object", "value": "float64"}
 FITS_COLUMNS: dict[str, str] = {
@@ -139,10 +141,12 @@ class StoreQueries:
         return self._frame(stmt, ISOFLOP_COLUMNS)
 
     def test_time_curves(self, sweep: str, *, split: str = "val", model_size: str | None = None) -> pd.DataFrame:
-        """Eval loss at every recurrence T of every succeeded run (long format, sorted by run, T)."""
+        """Eval loss at every recurrence T of every succeeded run (long format, sorted by run, T),
+        with the run's size columns so the unified law can compute N(mu_rec) and D."""
         stmt = (
-            select(Run.id.label("run_id"), Run.model_size, Run.mu_rec, Run.mu_bwd, Run.budget_flops,
-                   Run.tokens, Eval.recurrence, Eval.loss)
+            select(Run.id.label("run_id"), Run.model_family, Run.model_size, Run.mu_rec, Run.mu_bwd,
+                   Run.budget_flops, Run.tokens, Run.params_total, Run.params_non_embedding,
+                   Run.params_core, Run.flop_convention, Eval.recurrence, Eval.loss)
             .join(Eval, Eval.run_id == Run.id)
             .where(Run.sweep == sweep, Run.status == RunStatus.SUCCEEDED.value, Eval.split == split)
             .order_by(Run.model_size, Run.budget_flops, Run.mu_rec, Run.id, Eval.recurrence)

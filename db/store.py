@@ -377,16 +377,27 @@ class Store(StoreQueries):
         self,
         result: Any,
         *,
-        kind: str,
-        selection: Mapping[str, Any],
-        convention: str,
+        kind: str | None = None,
+        selection: Mapping[str, Any] | None = None,
+        convention: str | None = None,
         sweep: str | None = None,
     ) -> int:
-        """Store a FitResult (dataclass, mapping or `to_dict()`); returns its fit id. The
-        payload's `params`/`parameters` and `intervals`/`uncertainties` become queryable columns."""
-        if not kind or not convention:
-            raise ValueError("save_fit needs a non-empty kind (e.g. 'parametric') and convention")
+        """Store a FitResult (dataclass, mapping or `to_dict()`); returns its fit id.
+
+        kind / selection / convention default to the payload's `law` / `selection` /
+        `convention` (or `flop_convention`); its `params` and `intervals` become queryable
+        columns. `load_fit(id)` returns the payload exactly as saved."""
         payload = _fit_payload(result)
+        kind = kind or payload.get("law")
+        convention = convention or payload.get("convention") or payload.get("flop_convention")
+        selection = selection if selection is not None else payload.get("selection")
+        if not kind or not convention:
+            raise ValueError(
+                "save_fit needs a kind (e.g. 'parametric') and a counting convention: pass kind=... and "
+                "convention=..., or give the result `law` and `convention` fields"
+            )
+        if not isinstance(selection, Mapping):
+            raise ValueError("save_fit needs selection=... (which runs went into the fit) as a dict")
         text = json.dumps(payload, sort_keys=True, default=str)  # NaN/inf kept verbatim
         params = payload.get("params", payload.get("parameters"))
         unc = payload.get("intervals", payload.get("uncertainties"))

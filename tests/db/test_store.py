@@ -197,3 +197,23 @@ def test_ingest_refuses_rows_of_another_run(store, make_run, tmp_path):
     with pytest.raises(ValueError, match="holds rows of runs"):
         store.ingest_run_dir("r1", tmp_path / "d")
     assert store.count_rows("metrics") == 0
+
+
+def test_scaling_fit_result_round_trips(store):
+    from parcae_scaling.scaling.results import ConfidenceInterval, DataSelection, FitResult
+
+    fit = FitResult(
+        law="parametric", formula="E + A N^-a + B D^-b", params={"E": 2.662, "a": 0.771}, objective=0.5,
+        intervals={"E": ConfidenceInterval(low=2.6, high=2.7, n_resamples=100)},
+        selection=DataSelection(source="store:sw", n_rows_in=30, n_used=28, filters=("status == succeeded",)),
+        convention="effective-params", flop_convention="reference", warnings=("few points",),
+    )
+    fid = store.save_fit(fit, sweep="sw")  # kind, selection and convention taken from the result
+    row = store.fits().iloc[0]
+    assert (row.kind, row.convention, row.sweep) == ("parametric", "effective-params", "sw")
+    assert row.selection["n_used"] == 28 and row.uncertainties["E"]["low"] == 2.6
+    assert FitResult.from_dict(store.load_fit(fid)) == fit
+    with pytest.raises(ValueError, match="needs a kind"):
+        store.save_fit({"params": {"E": 1.0}}, selection={})
+    with pytest.raises(ValueError, match="needs selection"):
+        store.save_fit({"params": {"E": 1.0}}, kind="k", convention="c")
