@@ -193,6 +193,8 @@ class Store(StoreQueries, StoreFits):
         """Change a run's lifecycle fields. Status events older than the stored one are ignored
         (so replays are idempotent); returns whether the status was applied."""
         at = at or utcnow()
+        if at.tzinfo is None:
+            raise ValueError("update_run(at=...) must be timezone-aware, e.g. datetime.now(timezone.utc)")
         with self.engine.begin() as conn:
             return self._update_run(conn, run_id, status, step, message, failure_kind, backend, job_id, attempt, at)
 

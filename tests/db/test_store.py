@@ -217,3 +217,17 @@ def test_scaling_fit_result_round_trips(store):
         store.save_fit({"params": {"E": 1.0}}, selection={})
     with pytest.raises(ValueError, match="needs selection"):
         store.save_fit({"params": {"E": 1.0}}, kind="k", convention="c")
+
+
+def test_store_sink_time_based_flush_and_bad_inputs(store, make_run):
+    store.record_sweep("sw", {})
+    store.record_run(make_run("r1"))
+    sink = StoreSink(store, batch_rows=10_000, flush_interval_s=0.0)  # every call is due
+    sink.log_metrics("r1", 0, {"loss": 1.0})
+    assert store.count_rows("metrics") == 1
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        sink.log_metrics("r1", -1, {"loss": 1.0})
+    with pytest.raises(ValueError, match="batch_rows must be >= 1"):
+        StoreSink(store, batch_rows=0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.update_run("r1", status=RunStatus.RUNNING, at=datetime(2030, 1, 1))
