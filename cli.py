@@ -70,6 +70,54 @@ def train_one_command(
         raise typer.Exit(code=1)
 
 
+@sweep_app.command("configs")
+def configs_command(
+    convention: str = typer.Option("reference", help="FLOP convention: reference | exact."),
+    contains: str = typer.Option("", help="Only configs whose name contains this text."),
+) -> None:
+    """List the named model configs with parameter counts and FLOPs per token."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from parcae_scaling.model import get_config, list_configs
+    from parcae_scaling.model.flops import config_summary
+
+    try:
+        rows = [config_summary(get_config(n), convention) for n in list_configs() if contains in n]
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1)
+    table = Table("name", "layers", "d", "params", "non-emb", "core", "mu_rec/mu_bwd", f"FLOPs/token ({convention})")
+    for r in rows:
+        table.add_row(r["name"], r["layers"], str(r["d_model"]), f"{r['params']:,}", f"{r['non_embedding']:,}",
+                      f"{r['core']:,}", f"{r['mu_rec']}/{r['mu_bwd']}", f"{r['flops_per_token']:,}")
+    Console().print(table)
+
+
+@sweep_app.command("flops")
+def flops_command(
+    name: str = typer.Argument(..., help="Model config name, e.g. parcae-small-140m."),
+    mu_rec: int = typer.Option(None, help="Mean recurrence (default: the config's)."),
+    mu_bwd: int = typer.Option(None, help="Backprop depth (default: ceil(mu_rec / 2))."),
+    seq_len: int = typer.Option(None, help="Context length for attention FLOPs (default: the config's)."),
+    budget: float = typer.Option(None, help="Also print the tokens this FLOP budget buys."),
+) -> None:
+    """FLOPs per token of one config under every convention (and tokens for a budget)."""
+    from parcae_scaling.model import get_config
+    from parcae_scaling.model.flops import FLOP_CONVENTIONS, flops_per_token, tokens_for_budget
+
+    overrides = {k: v for k, v in {"mu_rec": mu_rec, "mu_bwd": mu_bwd, "seq_len": seq_len}.items() if v is not None}
+    try:
+        config = get_config(name, **overrides)
+        for convention in FLOP_CONVENTIONS:
+            fpt = flops_per_token(config, convention=convention)
+            extra = f"  tokens for {budget:.3g} FLOPs: {tokens_for_budget(budget, fpt):,}" if budget else ""
+            typer.echo(f"{convention:>9}: {fpt:,} FLOPs/token (mu_rec={config.mu_rec}, mu_bwd={config.mu_bwd}){extra}")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1)
+
+
 # ---- parcae-fit ---------------------------------------------------------------------------
 from pathlib import Path as _Path  # noqa: E402
 from typing import Annotated as _Ann, Optional as _Opt  # noqa: E402

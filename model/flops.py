@@ -113,3 +113,18 @@ def training_flops(config: ModelConfig, tokens: int, convention: FlopConvention 
 
 def conventions() -> tuple[str, ...]:
     return tuple(get_args(FlopConvention))
+
+
+def config_summary(config: ModelConfig, convention: FlopConvention = "reference") -> dict[str, object]:
+    """One row describing a config's size and per-token cost (for tables and reports)."""
+    from parcae_scaling.model.params import parameter_breakdown
+
+    breakdown = parameter_breakdown(config)
+    return {
+        "name": config.name, "family": config.family,
+        "layers": f"{config.n_prelude}/{config.n_recurrent}/{config.n_coda}" if config.is_looped else str(config.n_layers),
+        "d_model": config.d_model, "params": breakdown.total, "non_embedding": breakdown.non_embedding,
+        "value_embedding": breakdown.value_embedding, "core": breakdown.core, "non_core": breakdown.non_core,
+        "mu_rec": config.mu_rec, "mu_bwd": config.mu_bwd, "seq_len": config.seq_len,
+        "flops_per_token": flops_per_token(config, convention=convention), "convention": convention,
+    }

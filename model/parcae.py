@@ -38,6 +38,7 @@ class ParcaeLM(nn.Module):
         self.readout = nn.Linear(config.d_model, config.d_model, bias=False)  # C
         self.coda = nn.ModuleList(Block(config, p + r + i) for i in range(config.n_coda))
         self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self._recurrent_ve_layers = [b.layer_index for b in self.recurrent if b.has_value_embedding]
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -85,10 +86,23 @@ class ParcaeLM(nn.Module):
 
         plan = self.depth_plan(batch_size, recurrence, generator)
         h = trunc_normal_(torch.empty_like(e), init_std(self.config), _on_device(generator, e))
+        # Deepest sequences first: the active set of every step is then a prefix of the batch,
+        # so frozen sequences cost nothing and no step needs a gather or scatter.
+        order = torch.argsort(plan.total_steps, descending=True, stable=True)
+        sorted_plan = DepthPlan(no_grad_steps=plan.no_grad_steps[order], grad_steps=plan.grad_steps[order])
+        order_on_device = order.to(e.device)
+        e_sorted = e.index_select(0, order_on_device)
+        ves_sorted = {i: ves[i].index_select(0, order_on_device) for i in self._recurrent_ve_layers}
+        h = h.index_select(0, order_on_device)
         final_delta = torch.zeros(batch_size, device=e.device)
         with torch.no_grad():
-            h = self._run_loop(h, e, ves, plan.no_grad_steps, final_delta, last_phase=False)
-        h = self._run_loop(h, e, ves, plan.grad_steps, final_delta, last_phase=True)
+            # Detached inputs: views of grad-requiring tensors made under no_grad would still
+            # claim requires_grad and confuse autograd hooks.
+            h = self._run_loop(h, e_sorted.detach(), {i: ve.detach() for i, ve in ves_sorted.items()},
+                               sorted_plan.no_grad_steps, final_delta, last_phase=False)
+        h = self._run_loop(h, e_sorted, ves_sorted, sorted_plan.grad_steps, final_delta, last_phase=True)
+        inverse = torch.argsort(order).to(e.device)
+        h, final_delta = h.index_select(0, inverse), final_delta.index_select(0, inverse)
 
         x = self.readout(h)
         for block in self.coda:
@@ -112,42 +126,28 @@ class ParcaeLM(nn.Module):
         *,
         last_phase: bool,
     ) -> torch.Tensor:
-        """Run `steps[i]` loop steps on sequence i; sequences whose count is done stay frozen
-        and cost nothing (only the active rows are computed)."""
-        for t in range(int(steps.max()) if steps.numel() else 0):
-            active = steps > t
-            if bool(active.all()):
-                h_new = self._step(h, e, ves, None)
-                if last_phase:
-                    finishing = (steps == t + 1).nonzero().squeeze(1).to(h.device)
-                    _record_delta(final_delta, finishing, h_new.index_select(0, finishing), h.index_select(0, finishing))
-                h = h_new
-                continue
-            rows = active.nonzero().squeeze(1).to(h.device)
-            h_rows = h.index_select(0, rows)
-            h_rows_new = self._step(h_rows, e.index_select(0, rows), ves, rows)
+        """Run `steps[i]` loop steps on sequence i, where `steps` is non-increasing: the first
+        `active` rows step, the rest stay frozen. In the last phase, record each sequence's
+        final state change for the diagnostics."""
+        counts = steps.tolist()
+        for t in range(counts[0] if counts else 0):
+            active = sum(c > t for c in counts)
+            h_active = h[:active]
+            h_new = self._step(h_active, e[:active], {i: ve[:active] for i, ve in ves.items()})
             if last_phase:
-                finishing = (steps[active] == t + 1).nonzero().squeeze(1).to(h.device)
-                _record_delta(final_delta, rows[finishing], h_rows_new.index_select(0, finishing),
-                              h_rows.index_select(0, finishing))
-            h = h.index_copy(0, rows, h_rows_new)
+                finishing = [i for i in range(active) if counts[i] == t + 1]
+                if finishing:
+                    lo, hi = finishing[0], finishing[-1] + 1  # contiguous: counts are sorted
+                    with torch.no_grad():
+                        final_delta[lo:hi] = (h_new[lo:hi] - h_active[lo:hi]).norm(dim=-1).mean(dim=-1)
+            h = h_new if active == h.shape[0] else torch.cat((h_new, h[active:]))
         return h
 
-    def _step(self, h: torch.Tensor, e: torch.Tensor, ves: dict[int, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
+    def _step(self, h: torch.Tensor, e: torch.Tensor, ves: dict[int, torch.Tensor]) -> torch.Tensor:
         x = self.injection(h, e)
         for block in self.recurrent:
-            ve = ves.get(block.layer_index)
-            if ve is not None and rows is not None:
-                ve = ve.index_select(0, rows)
-            x = block(x, self.rotary, ve)
+            x = block(x, self.rotary, ves.get(block.layer_index))
         return x
-
-
-def _record_delta(out: torch.Tensor, rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
-    """Store each finishing sequence's mean per-token norm of its last state change."""
-    if rows.numel():
-        with torch.no_grad():
-            out.index_copy_(0, rows, (new.detach() - old.detach()).norm(dim=-1).mean(dim=-1).to(out.dtype))
 
 
 def _on_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.Generator | None:

@@ -1,0 +1,38 @@
+# parcae-scaling: `make demo` runs the main job on the embedded defaults, `make test` the tests.
+# Both create .venv and install what they need first (once; again when pyproject.toml changes).
+#
+# PyTorch: on a machine without an NVIDIA driver the default is the CPU build pinned below; with
+# `nvidia-smi` present it is the latest CUDA build. Override either way, e.g.
+#   make test TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url <your wheel index>"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/parcae-sweep train-one
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
