@@ -85,10 +85,12 @@ class Store(StoreQueries, StoreFits):
             ensure_schema(engine, where=where, upgrade=upgrade)
         except exc.DatabaseError as err:
             engine.dispose()
-            raise StoreError(
-                f"cannot open {where} as a store: {err.orig}; if this is not a database file, "
-                "point Store.open at a new path"
-            ) from err
+            hint = (
+                "if this is not a database file, point Store.open at a new path"
+                if parsed.get_backend_name() == "sqlite"
+                else "check that the server is up and the database, user and password exist"
+            )
+            raise StoreError(f"cannot open {where} as a store: {str(err.orig).strip()}; {hint}") from err
         except BaseException:
             engine.dispose()
             raise

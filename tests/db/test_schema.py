@@ -143,3 +143,12 @@ def test_older_revision_is_migrated_or_refused(store_url):
         assert s.run_spec("r-old") == {"k": 1}
         with s.engine.connect() as conn:
             assert not compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+
+@pytest.mark.service
+def test_missing_postgres_database_is_a_clear_error(postgres_server):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_server).set(database="no_such_db").render_as_string(hide_password=False)
+    with pytest.raises(StoreError, match='cannot open .*no_such_db.*does not exist.*server is up'):
+        Store.open(url)
