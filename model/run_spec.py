@@ -187,7 +187,7 @@ class RunSpec:
     eval_recurrences: tuple[int, ...] | None = None  # None: 1, 2, 4, ... <= 2 mu_rec, plus mu_rec
     eval_tokens: int = 131_072  # validation tokens per recurrence (capped by the split)
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile (CUDA only)
+    compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
     device: Device = "auto"
 
     def __post_init__(self) -> None:

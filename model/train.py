@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
 from parcae_scaling.model import build_model
+from parcae_scaling.model.blocks import compile_blocks
 from parcae_scaling.model.checkpoint import CHECKPOINT_FILE, TrainProgress, load_checkpoint, save_checkpoint
 from parcae_scaling.model.data import TokenData, load_data, train_batch, val_batches, val_windows
 from parcae_scaling.model.flops import flops_per_token
@@ -219,7 +220,9 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
             progress = load_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer)
         sink.update_status(run_id, RunStatus.RUNNING, step=progress.step,
                            message=f"resumed from step {progress.step}" if progress.step else None)
-        forward = torch.compile(model) if run.compile and device.type == "cuda" else model
+        if run.compile:
+            compile_blocks(model)  # per block: the loop's data-dependent depth stays in Python
+        forward = model
         diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, device, ckpt)
         if diverged is not None:
             step, why = diverged
