@@ -13,9 +13,12 @@ reset is not permitted, the worker falls back to ru_maxrss - RSS_before, which i
 same figure as long as nothing before the step used more memory (true here: the inputs
 are allocated once and the warm-up is tiny).
 
-Time: median wall time of further loss + backward runs in the same worker.
+Time: median wall time of all loss + backward runs of a variant. Workers run in
+interleaved rounds (plain, chunked, plain, chunked, ...) so that load from other
+processes on a shared machine hits both variants alike; memory is reported from the
+first round.
 
-Usage: python bench/kernels_memory.py [--repeats N]
+Usage: python bench/kernels_memory.py [--rounds R] [--repeats N]
 """
 
 from __future__ import annotations
@@ -86,27 +89,34 @@ def run_worker(variant: str, repeats: int) -> dict:
         "loss": loss,
         "peak_extra_mib": (peak_kib - rss_before_kib) / 1024,
         "peak_method": "VmHWM after clear_refs" if reset_ok else "ru_maxrss",
-        "time_s": statistics.median(times_s[1:] or times_s),
         "times_s": times_s,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs after the measured one")
+    parser.add_argument("--repeats", type=int, default=1, help="extra timed runs per worker")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of one worker per variant")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.repeats)))
         return 0
 
-    results = {}
-    for variant in VARIANTS:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", variant, "--repeats", str(args.repeats)],
-            capture_output=True, text=True, check=True,
-        )
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", variant, "--repeats", str(args.repeats)],
+                capture_output=True, text=True, check=True,
+            )
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            if variant in results:
+                results[variant]["times_s"] += result["times_s"]
+            else:
+                results[variant] = result
+    for result in results.values():
+        result["time_s"] = statistics.median(result["times_s"])
 
     plain, chunked = results["plain"], results["chunked"]
     print(f"linear CE loss+backward, vocab={VOCAB} d={DIM} tokens={TOKENS} fp32 CPU")
