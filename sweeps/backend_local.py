@@ -1,0 +1,168 @@
+"""The local backend: a pool process running one worker subprocess per run, with a cap.
+
+`submit` starts `python -m parcae_scaling.sweeps.backend_local` (the pool) and returns; with
+detach the pool runs in its own session and outlives the caller. The pool heartbeats the runs it
+still holds in its queue (so a killed pool leaves them stale, hence resumable), starts at most
+`max_concurrent` workers, and on a GPU machine gives each worker one GPU via
+CUDA_VISIBLE_DEVICES. A run's job id is `pid:<host>:<pid>` of its worker; cancel sends SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.model.run_spec import RunSpec
+from parcae_scaling.sweeps.backend import DispatchOptions, JobHandle, register
+from parcae_scaling.sweeps.claims import touch
+from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists"; treat it as ended.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def parse_job_id(job_id: str) -> tuple[str, int] | None:
+    parts = job_id.split(":")
+    if len(parts) == 3 and parts[0] == "pid" and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    def submit(self, runs: Sequence[RunSpec], options: DispatchOptions) -> list[JobHandle]:
+        if not runs:
+            return []
+        log_dir = Path(options.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        manifest = log_dir / f"pool-{os.getpid()}-{time.time_ns()}.json"
+        manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs]}))
+        cmd = [sys.executable, "-m", "parcae_scaling.sweeps.backend_local", "--store", options.store_url,
+               "--manifest", str(manifest), "--max-workers", str(options.resources.max_concurrent),
+               "--threads", str(options.resources.torch_threads), "--gpus-per-run", str(options.resources.gpus_per_run),
+               "--heartbeat", str(options.heartbeat_s)]
+        log = open(log_dir / f"{manifest.stem}.log", "ab")
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=options.detach)
+        finally:
+            log.close()
+        handles = [JobHandle(run_id=r.run_id, backend=self.name, job_id=f"pool:{socket.gethostname()}:{proc.pid}")
+                   for r in runs]
+        self._children.append(proc)  # keeps the Popen so its exit is reaped
+        return handles
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, RunStatus | None]:
+        for child in self._children:
+            child.poll()
+        out: dict[str, RunStatus | None] = {}
+        for job_id in job_ids:
+            parsed = parse_job_id(job_id.replace("pool:", "pid:"))
+            alive = parsed is not None and parsed[0] == socket.gethostname() and _pid_alive(parsed[1])
+            out[job_id] = RunStatus.RUNNING if alive else None
+        return out
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            parsed = parse_job_id(job_id)
+            if parsed and parsed[0] == socket.gethostname() and _pid_alive(parsed[1]):
+                os.kill(parsed[1], signal.SIGTERM)
+
+
+register("local", LocalBackend)
+
+
+# ---- the pool process ---------------------------------------------------------------------
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: int, gpus_per_run: int,
+             heartbeat_s: float) -> int:
+    """Run every queued run with at most `max_workers` at once; returns how many failed."""
+    store = Store.open(store_url)
+    queue = list(run_ids)
+    gpus = list(range(_gpu_count())) if gpus_per_run > 0 else []
+    if gpus:  # GPU packing: never more workers than whole GPU groups
+        max_workers = min(max_workers, len(gpus) // gpus_per_run) or 1
+    running: dict[subprocess.Popen[bytes], list[int]] = {}
+    failures = 0
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    last_beat = 0.0
+    while (queue and not stop) or running:
+        for proc in [p for p in running if p.poll() is not None]:
+            failures += proc.returncode != 0
+            gpus += running.pop(proc)
+        while queue and not stop and len(running) < max_workers:
+            run_id = queue.pop(0)
+            env = {**os.environ, HEARTBEAT_ENV: str(heartbeat_s), "OMP_NUM_THREADS": str(threads)}
+            mine = [gpus.pop(0) for _ in range(gpus_per_run)] if gpus else []
+            if mine:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
+            cmd = [sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", store_url,
+                   "--run-id", run_id, "--threads", str(threads)]
+            running[subprocess.Popen(cmd, env=env)] = mine
+        if stop:
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        if time.monotonic() - last_beat >= heartbeat_s:
+            touch(store, queue, status=RunStatus.PENDING)  # queued runs stay alive while we are
+            last_beat = time.monotonic()
+        time.sleep(0.2)
+    store.close()
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="parcae-sweep local pool")
+    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--max-workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gpus-per-run", type=int, default=0)
+    p.add_argument("--heartbeat", type=float, default=10.0)
+    a = p.parse_args(argv)
+    run_ids = json.loads(Path(a.manifest).read_text())["run_ids"]
+    failed = run_pool(a.store, run_ids, max_workers=a.max_workers, threads=a.threads,
+                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

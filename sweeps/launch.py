@@ -1,0 +1,200 @@
+"""Launch, resume, status and cancel: a Plan (or a recorded sweep) against a Store and a Backend.
+
+Idempotence comes from the store: runs are recorded by content-hashed id, and a run is
+dispatched only by the call that atomically claims it (PLANNED -> PENDING, or, for resume, a
+retryable failure -> PENDING). Relaunching a finished or running run is therefore a no-op, also
+when two `launch` calls race. The stored RunSpec is what gets dispatched, so a relaunch from
+another directory still trains into the recorded output directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.db.records import run_record_from_spec
+from parcae_scaling.model.run_spec import RunSpec
+from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
+from parcae_scaling.sweeps.claims import RETRYABLE_KINDS, claim_runs, mark_stale, set_job_ids, sweep_spec
+from parcae_scaling.sweeps.plan import Plan
+from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
+
+DEFAULT_STALE_AFTER_S = 120.0
+
+
+class ConfigDriftError(ValueError):
+    """The sweep is recorded with a different spec than the one given."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchReport:
+    sweep: str
+    planned: int
+    newly_recorded: int
+    dispatched: tuple[str, ...]
+    lost: tuple[str, ...] = ()
+    handles: tuple[JobHandle, ...] = ()
+    final: dict[str, int] = field(default_factory=dict)  # status -> count after waiting (if waited)
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def record_plan(store: Store, plan: Plan, *, allow_drift: bool = False) -> int:
+    """Record the sweep (config-drift guard) and its not-yet-recorded runs; returns how many were new."""
+    spec_dict = plan.spec.to_dict()
+    stored = sweep_spec(store, plan.sweep)
+    if stored is not None and stored != spec_dict and not allow_drift:
+        raise ConfigDriftError(
+            f"{plan.spec.source}: sweep {plan.sweep!r} is recorded with a different spec (changed: "
+            f"{', '.join(_diff_keys(stored, spec_dict)) or '?'}); relaunching with a changed spec is refused; "
+            "use a new sweep name, or pass --allow-drift to record the new spec and add its runs")
+    store.record_sweep(plan.sweep, spec_dict, replace=allow_drift)
+    existing = set(store.runs(plan.sweep)["run_id"])
+    new = [run_record_from_spec(r.run, sweep=plan.sweep) for r in plan.runs if r.run_id not in existing]
+    return store.record_runs(new)
+
+
+def _stored_specs(store: Store, run_ids: Sequence[str]) -> list[RunSpec]:
+    return [RunSpec.from_dict(store.run_spec(rid)) for rid in run_ids]
+
+
+def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options: DispatchOptions,
+             statuses: Sequence[RunStatus], failure_kinds: Sequence[str] | None = None,
+             stale_after_s: float = DEFAULT_STALE_AFTER_S, poll_s: float = 1.0,
+             sweep: str | None = None) -> tuple[list[str], list[JobHandle]]:
+    """Claim the runs that are in `statuses`, submit them, and (unless detached) wait for them."""
+    claimed = claim_runs(store, run_ids, backend=backend.name, statuses=statuses, failure_kinds=failure_kinds)
+    if not claimed:
+        return [], []
+    try:
+        handles = backend.submit(_stored_specs(store, claimed), options)
+    except BaseException as exc:
+        for rid in claimed:  # nothing was started: give the claims back as failures to retry
+            store.update_run(rid, status=RunStatus.FAILED, failure_kind="node_lost",
+                             message=f"submission failed: {type(exc).__name__}: {exc}")
+        raise
+    set_job_ids(store, {h.run_id: h.job_id for h in handles})
+    if not options.detach:
+        wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep)
+    return claimed, handles
+
+
+def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_after_s: float,
+         poll_s: float = 1.0, sweep: str | None = None) -> None:
+    """Block until the backend knows none of the jobs any more and no run of them is live."""
+    run_ids = {h.run_id for h in handles}
+    job_ids = sorted({h.job_id for h in handles})
+    while True:
+        native = backend.poll(job_ids)
+        mark_stale(store, sweep, stale_after_s=stale_after_s)
+        if all(state is None or state.is_final for state in native.values()):
+            break
+        time.sleep(poll_s)
+    df = store.runs(sweep)
+    live = df[df["run_id"].isin(run_ids) & df["status"].isin([RunStatus.PENDING.value, RunStatus.RUNNING.value])]
+    for rid in live["run_id"]:  # the backend is done with them but they never reported an end
+        store.update_run(rid, status=RunStatus.FAILED, failure_kind="node_lost",
+                         message="the backend reports the job ended but the run never reported an end")
+
+
+def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach: bool = False,
+           allow_drift: bool = False, log_dir: str | None = None, heartbeat_s: float = 10.0,
+           stale_after_s: float = DEFAULT_STALE_AFTER_S, resources: ResourceSpec | None = None) -> LaunchReport:
+    """Record the plan and dispatch every run not yet claimed (PLANNED). Safe to repeat."""
+    new = record_plan(store, plan, allow_drift=allow_drift)
+    lost = mark_stale(store, plan.sweep, stale_after_s=stale_after_s)
+    options = DispatchOptions(store_url=store_url, resources=resources or plan.spec.resources,
+                              log_dir=log_dir or str(Path(plan.spec.output_root) / plan.sweep / "_logs"),
+                              detach=detach, heartbeat_s=heartbeat_s)
+    claimed, handles = dispatch(store, backend, [r.run_id for r in plan.runs], options=options,
+                                statuses=[RunStatus.PLANNED], stale_after_s=stale_after_s, sweep=plan.sweep)
+    return LaunchReport(sweep=plan.sweep, planned=len(plan.runs), newly_recorded=new, dispatched=tuple(claimed),
+                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, plan.sweep))
+
+
+def recorded_spec(store: Store, sweep: str) -> SweepSpec:
+    stored = sweep_spec(store, sweep)
+    if stored is None:
+        raise ValueError(f"sweep {sweep!r} is not in the store; launch it first (parcae-sweep launch SPEC)")
+    return spec_from_dict(stored, source=f"store sweep {sweep!r}")
+
+
+def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach: bool = False,
+           include_failed: bool = False, log_dir: str | None = None, heartbeat_s: float = 10.0,
+           stale_after_s: float = DEFAULT_STALE_AFTER_S, spec: SweepSpec | None = None,
+           allow_drift: bool = False) -> LaunchReport:
+    """Mark stale runs lost, then re-dispatch planned, preempted and retryable failed runs (all
+    failed kinds but diverged with include_failed) from their checkpoints. Given `spec`, it must
+    match the recorded one unless allow_drift (then its new runs are recorded too)."""
+    recorded = recorded_spec(store, sweep)
+    if spec is not None:
+        from parcae_scaling.sweeps.plan import plan as make_plan
+
+        record_plan(store, make_plan(spec), allow_drift=allow_drift)
+        recorded = spec
+    lost = mark_stale(store, sweep, stale_after_s=stale_after_s)
+    kinds = list(RETRYABLE_KINDS) + (["oom", "error", "cancelled"] if include_failed else [])
+    statuses = [RunStatus.PLANNED, RunStatus.PREEMPTED, RunStatus.FAILED]
+    if include_failed:
+        statuses.append(RunStatus.CANCELLED)
+    options = DispatchOptions(store_url=store_url, resources=recorded.resources,
+                              log_dir=log_dir or str(Path(recorded.output_root) / sweep / "_logs"),
+                              detach=detach, heartbeat_s=heartbeat_s)
+    ids = list(store.runs(sweep)["run_id"])
+    claimed, handles = dispatch(store, backend, ids, options=options, statuses=statuses, failure_kinds=kinds,
+                                stale_after_s=stale_after_s, sweep=sweep)
+    return LaunchReport(sweep=sweep, planned=len(ids), newly_recorded=0, dispatched=tuple(claimed),
+                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, sweep))
+
+
+def cancel(store: Store, sweep: str | None = None, *, run_ids: Sequence[str] | None = None) -> list[str]:
+    """Mark live runs CANCELLED and stop their jobs (natively where the backend can; otherwise the
+    worker's heartbeat thread sees the mark and stops itself). Returns the cancelled ids."""
+    from parcae_scaling.sweeps.backend import get_backend
+
+    df = store.runs(sweep)
+    if run_ids is not None:
+        df = df[df["run_id"].isin(list(run_ids))]
+    live = df[~df["status"].isin([s.value for s in RunStatus if s.is_final])]
+    for row in live.itertuples():
+        store.update_run(row.run_id, status=RunStatus.CANCELLED, failure_kind="cancelled", message="cancelled by user")
+    for name, group in live.groupby("backend"):
+        jobs = [j for j in group["job_id"] if isinstance(j, str)]
+        if jobs and name in ("local", "submitit"):
+            get_backend(str(name)).cancel(jobs)
+    return list(live["run_id"])
+
+
+def _counts(store: Store, sweep: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in store.runs(sweep)["status"].value_counts().items()}
+
+
+def status_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
+    """One row per run: state, progress (tokens done / planned), last loss, failure kind."""
+    runs = store.runs(sweep)
+    hist = store.metric_history(run_ids=list(runs["run_id"]), names=["loss", "tokens"]) if len(runs) else None
+    last = {}
+    if hist is not None and len(hist):
+        latest = hist.sort_values("step").groupby(["run_id", "name"])["value"].last().unstack()
+        last = latest.to_dict("index")
+    out = runs[["run_id", "sweep", "model_size", "mu_rec", "budget_flops", "tokens", "status", "attempt",
+                "backend", "job_id", "heartbeat", "failure_kind", "failure_message"]].copy()
+    out["tokens_done"] = [int(last.get(r, {}).get("tokens", 0) or 0) for r in out["run_id"]]
+    out.loc[out["status"] == RunStatus.SUCCEEDED.value, "tokens_done"] = out["tokens"]
+    out["last_loss"] = [last.get(r, {}).get("loss", float("nan")) for r in out["run_id"]]
+    out["progress"] = out["tokens_done"] / out["tokens"].clip(lower=1)
+    return out

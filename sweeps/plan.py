@@ -1,0 +1,193 @@
+"""Planning: a SweepSpec -> a Plan of content-addressed RunSpecs with costs and flagged problems.
+
+Axes (models, budgets_flops or tokens, mu_rec, seeds) are crossed, except those listed in
+`zip`, which are paired elementwise. Transformer configs have fixed depth, so the mu_rec axis
+collapses to 1 for them. Tokens follow the RunSpec token rule (`plan_tokens`): floor(budget /
+FLOPs per token), floored to whole optimizer steps. Run ids are `RunSpec.run_id`: a hash of the
+resolved spec and the package version, so planning twice gives the same ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parcae_scaling.model.config import ModelConfig, get_config
+from parcae_scaling.model.params import parameter_breakdown
+from parcae_scaling.model.run_spec import RunSpec, plan_tokens
+from parcae_scaling.sweeps.cost import device_hours
+from parcae_scaling.sweeps.spec import SpecError, SweepSpec
+
+MIN_STEPS_OK = 20  # fewer optimizer steps than this: the schedule barely runs
+MAX_ROUNDING = 0.05  # tokens lost to whole-step rounding above this fraction get flagged
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedRun:
+    """One row of a plan: the RunSpec plus what the table shows."""
+
+    run: RunSpec
+    model_size: str
+    family: str
+    params_total: int
+    params_non_embedding: int
+    budget_flops: float | None
+    flops_per_token: int
+    tokens: int
+    steps: int
+    planned_flops: int
+    device_hours: float
+    problems: tuple[str, ...] = ()
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "model": self.model_size, "params": self.params_total,
+            "mu_rec": self.run.mu_rec, "mu_bwd": self.run.mu_bwd, "budget_flops": self.budget_flops,
+            "flops_per_token": self.flops_per_token, "tokens": self.tokens, "steps": self.steps,
+            "device_hours": self.device_hours, "seed": self.run.seed, "problems": "; ".join(self.problems),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    spec: SweepSpec
+    runs: tuple[PlannedRun, ...]
+
+    @property
+    def sweep(self) -> str:
+        return self.spec.name
+
+    @property
+    def total_flops(self) -> int:
+        return sum(r.planned_flops for r in self.runs)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(r.tokens for r in self.runs)
+
+    @property
+    def total_device_hours(self) -> float:
+        return sum(r.device_hours for r in self.runs)
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        return [(r.run_id, p) for r in self.runs for p in r.problems]
+
+    def run_specs(self) -> list[RunSpec]:
+        return [r.run for r in self.runs]
+
+    def check_budget(self, budget_hours: float) -> None:
+        """Refuse a plan whose estimated device-hours exceed the budget."""
+        if self.total_device_hours > budget_hours:
+            raise ValueError(
+                f"{self.spec.source}: plan needs {self.total_device_hours:.3g} device-hours, over the budget "
+                f"of {budget_hours:g}; drop budgets or mu_rec values, or raise --budget-hours")
+
+
+@functools.lru_cache(maxsize=4096)
+def _config(name: str, overrides: tuple[tuple[str, Any], ...], mu_rec: int, mu_bwd: int) -> ModelConfig:
+    base = get_config(name, **dict(overrides))
+    if not base.is_looped:
+        return base
+    return base.replace(mu_rec=mu_rec, mu_bwd=mu_bwd)
+
+
+@functools.lru_cache(maxsize=4096)
+def _params(config: ModelConfig) -> tuple[int, int]:
+    b = parameter_breakdown(config)
+    return b.total, b.non_embedding
+
+
+def _combinations(spec: SweepSpec, models: tuple[str, ...], zipped: tuple[str, ...]) -> list[dict[str, Any]]:
+    compute_axis = "budgets_flops" if spec.budgets_flops else "tokens"
+    axes: dict[str, tuple[Any, ...]] = {
+        "models": models, compute_axis: getattr(spec, compute_axis), "mu_rec": spec.mu_rec, "seeds": spec.seeds,
+    }
+    zipped = tuple(a for a in zipped if a in axes)
+    groups: list[list[dict[str, Any]]] = []
+    if len(zipped) >= 2:
+        groups.append([dict(zip(zipped, values)) for values in zip(*(axes[a] for a in zipped))])
+        rest = [a for a in axes if a not in zipped]
+    else:
+        rest = list(axes)
+    groups += [[{a: v} for v in axes[a]] for a in rest]
+    out = []
+    for combo in itertools.product(*groups):
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        merged["compute_axis"] = compute_axis
+        out.append(merged)
+    return out
+
+
+def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> RunSpec:
+    mu = int(c["mu_rec"])
+    overrides = tuple(sorted(spec.model_overrides.items()))
+    config = _config(c["models"], overrides, mu, spec.mu_bwd_for(mu))
+    r = spec.recipe
+    budget = c.get("budgets_flops") if c["compute_axis"] == "budgets_flops" else None
+    tokens = c.get("tokens") if c["compute_axis"] == "tokens" else None
+    run = RunSpec(
+        model=config, output_dir="pending", budget_flops=budget, tokens=tokens,
+        flop_convention=spec.flop_convention, batch_size=r.batch_size, grad_accum_steps=r.grad_accum_steps,
+        optimizer=r.optimizer, schedule=r.schedule, data=spec.data, seed=int(c["seeds"]),
+        metrics_every_steps=r.metrics_every_steps, checkpoint_every_steps=r.checkpoint_every_steps,
+        eval_recurrences=r.eval_recurrences, eval_tokens=r.eval_tokens, precision=r.precision, device=r.device,
+    )
+    return run.replace(output_dir=str(output_root / run.run_id))
+
+
+def _planned(spec: SweepSpec, run: RunSpec) -> PlannedRun:
+    field_name = "budgets_flops" if run.budget_flops is not None else "tokens"
+    try:
+        tp = plan_tokens(run)
+    except ValueError as exc:
+        raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc}",
+                        "raise the budget or lower recipe.batch_size / model_overrides.seq_len") from None
+    total, non_emb = _params(run.model)
+    problems = []
+    if tp.steps < MIN_STEPS_OK:
+        problems.append(f"only {tp.steps} optimizer steps")
+    lost = 1.0 - tp.tokens / tp.requested_tokens
+    if lost > MAX_ROUNDING:
+        problems.append(f"{lost:.0%} of the budget lost to whole-step rounding")
+    if tp.tokens < non_emb:
+        problems.append("under 1 token per non-embedding parameter")
+    return PlannedRun(
+        run=run, model_size=run.model.name, family=run.model.family, params_total=total,
+        params_non_embedding=non_emb, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
+        tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops,
+        device_hours=device_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu),
+        problems=tuple(problems),
+    )
+
+
+def plan(spec: SweepSpec) -> Plan:
+    """Every run of a sweep as a PlannedRun (ordered by model, budget/tokens, mu_rec, seed)."""
+    output_root = Path(spec.output_root).resolve() / spec.name
+    baseline_zip = tuple(a for a in spec.zip if a not in ("models", "mu_rec"))
+    combos = _combinations(spec, spec.models, spec.zip) + (
+        _combinations(spec, spec.baselines, baseline_zip) if spec.baselines else [])
+    runs: dict[str, PlannedRun] = {}
+    seen_fixed: set[tuple[Any, ...]] = set()
+    for c in combos:
+        run = _run_spec(spec, c, output_root)
+        if not run.model.is_looped:  # fixed depth: the mu_rec axis collapses to one run
+            key = (c["models"], c.get("budgets_flops"), c.get("tokens"), c["seeds"])
+            if key in seen_fixed:
+                continue
+            seen_fixed.add(key)
+        if run.run_id in runs:
+            raise SpecError(spec.source, "models", f"duplicate run {run.run_id} ({run.model.name}, "
+                            f"mu_rec={run.mu_rec}, budget={run.budget_flops}, tokens={run.tokens}, seed={run.seed})",
+                            "remove repeated values from the axes (or a baseline also listed in models)")
+        runs[run.run_id] = _planned(spec, run)
+    return Plan(spec=spec, runs=tuple(runs.values()))

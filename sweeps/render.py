@@ -1,0 +1,58 @@
+"""Rich tables for plans and sweep status (what the CLI prints; usable from notebooks too)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from parcae_scaling.sweeps.plan import Plan
+
+
+def _si(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def plan_table(plan: Plan) -> Group:
+    spec = plan.spec
+    t = Table(title=f"plan {plan.sweep!r} ({spec.source})")
+    for col in ("run id", "size", "params", "mu_rec", "mu_bwd", "budget", "FLOPs/token", "tokens", "steps",
+                f"{spec.resources.device}-hours", "problems"):
+        t.add_column(col, justify="left" if col in ("run id", "size", "problems") else "right")
+    for r in plan.runs:
+        t.add_row(r.run_id, r.model_size, f"{r.params_total:,}", str(r.run.mu_rec), str(r.run.mu_bwd),
+                  _si(r.budget_flops), f"{r.flops_per_token:,}", f"{r.tokens:,}", f"{r.steps:,}",
+                  f"{r.device_hours:.3g}", "; ".join(r.problems))
+    totals = Table.grid(padding=(0, 2))
+    totals.add_row("runs", f"{len(plan.runs):,}")
+    totals.add_row("FLOPs", f"{plan.total_flops:.4g}")
+    totals.add_row("tokens", f"{plan.total_tokens:,}")
+    totals.add_row(f"{spec.resources.device}-hours", f"{plan.total_device_hours:.4g} (at MFU {spec.resources.mfu:g})")
+    totals.add_row("flagged", f"{len(plan.problems)} problem(s)")
+    return Group(t, totals)
+
+
+def status_view(df: pd.DataFrame, *, title: str = "sweep status") -> Group:
+    counts = Table.grid(padding=(0, 2))
+    for state, n in df["status"].value_counts().items():
+        counts.add_row(str(state), str(int(n)))
+    t = Table(title=title)
+    for col in ("run id", "size", "mu_rec", "budget", "state", "progress", "tokens", "last loss", "attempt", "failure"):
+        t.add_column(col)
+    for r in df.itertuples():
+        failure = "" if not isinstance(r.failure_kind, str) else r.failure_kind
+        if isinstance(r.failure_message, str) and failure:
+            failure += ": " + r.failure_message.splitlines()[0][:60]
+        t.add_row(r.run_id, r.model_size, str(r.mu_rec), _si(r.budget_flops), r.status,
+                  ProgressBar(total=1.0, completed=float(min(max(r.progress, 0.0), 1.0)), width=20),
+                  f"{_si(r.tokens_done)}/{_si(r.tokens)}", "-" if math.isnan(r.last_loss) else f"{r.last_loss:.4f}",
+                  str(r.attempt), failure)
+    return Group(counts, t)
