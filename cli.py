@@ -118,6 +118,134 @@ def flops_command(
         raise typer.Exit(code=1)
 
 
+# ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
+_SPEC = typer.Argument(None, help="Sweep spec (.yaml/.toml) or a built-in name; default: the built-in 'default'.")
+_STORE_URL = typer.Option("sqlite:///parcae.sqlite", "--store", help="Store URL (SQLite file or PostgreSQL).")
+_BACKEND = typer.Option("local", "--backend", help="local | submitit | ray")
+_DETACH = typer.Option(False, "--detach", help="Return after submission (local, submitit).")
+_HEARTBEAT = typer.Option(10.0, "--heartbeat", help="Worker heartbeat interval (s).")
+_STALE = typer.Option(120.0, "--stale-after", help="A running run with no heartbeat for this long is lost (s).")
+
+
+def _sweep_backend(name: str, partition: str | None = None, address: str | None = None):  # noqa: ANN202
+    from parcae_scaling.sweeps.backend import get_backend
+
+    opts = {"submitit": {"partition": partition}, "ray": {"address": address}}.get(name, {})
+    return get_backend(name, **{k: v for k, v in opts.items() if v is not None})
+
+
+@sweep_app.command("plan")
+def plan_command(spec: str = _SPEC,
+                 budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours.")) -> None:
+    """Validate a sweep spec and print its runs, costs and flagged problems (writes nothing)."""
+    from rich.console import Console
+
+    from parcae_scaling.sweeps import load_spec, plan
+    from parcae_scaling.sweeps.render import plan_table
+
+    try:
+        p = plan(load_spec(spec or "default"))
+        Console(width=200).print(plan_table(p))
+        if budget_hours is not None:
+            p.check_budget(budget_hours)
+    except ValueError as exc:
+        _fail(exc)
+
+
+@sweep_app.command("launch")
+def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--default", help="Launch the built-in default sweep."),
+                   store: str = _STORE_URL, backend: str = _BACKEND, detach: bool = _DETACH,
+                   allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec for a recorded sweep."),
+                   budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours."),
+                   max_concurrent: int = typer.Option(None, "--max-concurrent", help="Override resources.max_concurrent."),
+                   partition: str = typer.Option(None, "--partition", help="SLURM partition (submitit)."),
+                   address: str = typer.Option(None, "--address", help="Ray cluster address (default: start one)."),
+                   heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
+    """Record a sweep in the store and dispatch every run not yet done (safe to repeat)."""
+    import dataclasses
+
+    from parcae_scaling.db import Store
+    from parcae_scaling.sweeps import launch, load_spec, plan
+
+    try:
+        p = plan(load_spec("default" if default or not spec else spec))
+        if budget_hours is not None:
+            p.check_budget(budget_hours)
+        res = p.spec.resources if max_concurrent is None else dataclasses.replace(p.spec.resources, max_concurrent=max_concurrent)
+        with Store.open(store) as st:
+            rep = launch(p, st, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
+                         allow_drift=allow_drift, heartbeat_s=heartbeat, stale_after_s=stale_after, resources=res)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"sweep {rep.sweep}: {rep.planned} runs planned, {rep.newly_recorded} newly recorded, "
+               f"{len(rep.dispatched)} dispatched on {backend}" + (" (detached)" if detach else ""))
+    typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
+    if not detach and any(k not in ("succeeded",) for k in rep.final):
+        raise typer.Exit(code=1)
+
+
+@sweep_app.command("status")
+def status_command(sweep: str = typer.Argument(None, help="Sweep name (default: all sweeps)."), store: str = _STORE_URL,
+                   watch: float = typer.Option(0.0, "--watch", help="Refresh every N seconds (live view)."),
+                   stale_after: float = _STALE) -> None:
+    """Runs by state with progress, last loss and failure kind; stale heartbeats become node_lost."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from parcae_scaling.db import Store
+    from parcae_scaling.sweeps import mark_stale, status_table
+    from parcae_scaling.sweeps.render import status_view
+
+    with Store.open(store) as st:
+        def view():  # noqa: ANN202
+            mark_stale(st, sweep, stale_after_s=stale_after)
+            return status_view(status_table(st, sweep), title=f"sweep {sweep or '(all)'}")
+        if watch <= 0:
+            Console(width=200).print(view())
+            return
+        with Live(view(), refresh_per_second=1) as live:
+            while True:
+                time.sleep(watch)
+                live.update(view())
+
+
+@sweep_app.command("resume")
+def resume_command(sweep: str = typer.Argument("default", help="Sweep name in the store."), store: str = _STORE_URL,
+                   backend: str = _BACKEND, detach: bool = _DETACH,
+                   include_failed: bool = typer.Option(False, "--include-failed", help="Also retry oom/error/cancelled runs."),
+                   spec: str = typer.Option(None, "--spec", help="Check (and with --allow-drift, apply) this spec."),
+                   allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec."),
+                   partition: str = typer.Option(None, "--partition"), address: str = typer.Option(None, "--address"),
+                   heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
+    """Re-dispatch lost, preempted and retryable failed runs from their checkpoints."""
+    from parcae_scaling.db import Store
+    from parcae_scaling.sweeps import load_spec, resume
+
+    try:
+        with Store.open(store) as st:
+            rep = resume(st, sweep, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
+                         include_failed=include_failed, heartbeat_s=heartbeat, stale_after_s=stale_after,
+                         spec=load_spec(spec) if spec else None, allow_drift=allow_drift)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"sweep {sweep}: {len(rep.lost)} lost, {len(rep.dispatched)} re-dispatched on {backend}")
+    typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
+
+
+@sweep_app.command("cancel")
+def cancel_command(sweep: str = typer.Argument(None, help="Sweep name (default: every sweep)."), store: str = _STORE_URL,
+                   run: list[str] = typer.Option(None, "--run", help="Only these run ids.")) -> None:
+    """Cancel live runs (they stay resumable with `resume --include-failed`)."""
+    from parcae_scaling.db import Store
+    from parcae_scaling.sweeps import cancel
+
+    with Store.open(store) as st:
+        ids = cancel(st, sweep, run_ids=run or None)
+    typer.echo(f"cancelled {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
+
+
 # ---- parcae-fit ---------------------------------------------------------------------------
 from pathlib import Path as _Path  # noqa: E402
 from typing import Annotated as _Ann, Optional as _Opt  # noqa: E402
