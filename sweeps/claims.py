@@ -65,6 +65,16 @@ def sweep_spec(store: Store, name: str) -> dict | None:
         return conn.execute(select(Sweep.spec).where(Sweep.name == name)).scalar_one_or_none()
 
 
+def recorded_sweeps(store: Store, run_ids: Sequence[str]) -> dict[str, str]:
+    """run id -> the sweep it is recorded in, for the ids already in the store."""
+    out: dict[str, str] = {}
+    ids = list(run_ids)
+    with store.engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            out.update(conn.execute(select(Run.id, Run.sweep).where(Run.id.in_(ids[i:i + 500]))).all())
+    return out
+
+
 def touch(store: Store, run_ids: Sequence[str], *, status: RunStatus | None = None) -> None:
     """Heartbeat several runs at once (the local pool keeps its queued runs alive this way)."""
     if not run_ids:

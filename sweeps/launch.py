@@ -20,7 +20,7 @@ from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.db.records import run_record_from_spec
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
-from parcae_scaling.sweeps.claims import RETRYABLE_KINDS, claim_runs, mark_stale, set_job_ids, sweep_spec
+from parcae_scaling.sweeps.claims import RETRYABLE_KINDS, claim_runs, mark_stale, recorded_sweeps, set_job_ids, sweep_spec
 from parcae_scaling.sweeps.plan import Plan
 from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
 
@@ -62,8 +62,16 @@ def record_plan(store: Store, plan: Plan, *, allow_drift: bool = False) -> int:
             f"{plan.spec.source}: sweep {plan.sweep!r} is recorded with a different spec (changed: "
             f"{', '.join(_diff_keys(stored, spec_dict)) or '?'}); relaunching with a changed spec is refused; "
             "use a new sweep name, or pass --allow-drift to record the new spec and add its runs")
+    existing_sweeps = recorded_sweeps(store, [r.run_id for r in plan.runs])
+    elsewhere = {rid: s for rid, s in existing_sweeps.items() if s != plan.sweep}
+    if elsewhere:
+        rid, other = next(iter(elsewhere.items()))
+        raise ValueError(
+            f"{plan.spec.source}: {len(elsewhere)} run(s) of sweep {plan.sweep!r} are already recorded in sweep "
+            f"{other!r} (e.g. {rid}); a run id names its content, so identical runs cannot belong to two sweeps; "
+            "change a seed or the recipe, or use a separate store (--store)")
     store.record_sweep(plan.sweep, spec_dict, replace=allow_drift)
-    existing = set(store.runs(plan.sweep)["run_id"])
+    existing = set(existing_sweeps)
     new = [run_record_from_spec(r.run, sweep=plan.sweep) for r in plan.runs if r.run_id not in existing]
     return store.record_runs(new)
 

@@ -60,7 +60,7 @@ class _ClassifyingSink:
 def classify(exc: BaseException) -> str:
     import torch
 
-    if isinstance(exc, Terminated):
+    if isinstance(exc, (Terminated, SystemExit)):  # SystemExit: submitit's requeue on timeout/preemption
         return "preempted"
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return "oom"
