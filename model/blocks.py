@@ -134,16 +134,24 @@ class ValueEmbeddings(nn.Module):
         return {int(i): table(idx) for i, table in self.tables.items()}
 
 
-def init_block_weights(blocks: nn.ModuleList, config: ModelConfig, generator: torch.Generator | None) -> None:
-    """Scaled-zero init: truncated-normal inputs, zero output projections, gates at zero (gate = 1)."""
+def scaled_zero_init_(model: nn.Module, config: ModelConfig, generator: torch.Generator | None) -> None:
+    """Scaled-zero init of every embedding, block and norm of `model`: truncated-normal token and
+    value embeddings and block inputs, zero output projections, gates at zero (gate = 1), unit
+    norms. Model-specific parameters (injection, readout) are initialised by their owner."""
     std = init_std(config)
-    for block in blocks:
-        for linear in (block.attn.q, block.attn.k, block.attn.v, block.mlp.up):
-            trunc_normal_(linear.weight, std, generator)
-        nn.init.zeros_(block.attn.out.weight)
-        nn.init.zeros_(block.mlp.down.weight)
-        if block.attn.ve_gate is not None:
-            nn.init.zeros_(block.attn.ve_gate.weight)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                trunc_normal_(module.weight, std, generator)
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, Block):
+                for linear in (module.attn.q, module.attn.k, module.attn.v, module.mlp.up):
+                    trunc_normal_(linear.weight, std, generator)
+                nn.init.zeros_(module.attn.out.weight)
+                nn.init.zeros_(module.mlp.down.weight)
+                if module.attn.ve_gate is not None:
+                    nn.init.zeros_(module.attn.ve_gate.weight)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from parcae_scaling.model.blocks import (
     Block, Diagnostics, ModelOutput, ParamGroups, RMSNorm, Rotary, ValueEmbeddings,
-    init_block_weights, init_std, split_param_groups, trunc_normal_,
+    init_std, scaled_zero_init_, split_param_groups, trunc_normal_,
 )
 from parcae_scaling.model.config import ModelConfig
 from parcae_scaling.model.depth import DepthPlan, fixed_depths, sample_depths
@@ -42,18 +42,11 @@ class ParcaeLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        scaled_zero_init_(self, self.config, generator)
         std = init_std(self.config)
         with torch.no_grad():
-            trunc_normal_(self.embed.weight, std, generator)
-            for table in self.value_embeddings.tables.values():
-                trunc_normal_(table.weight, std, generator)
-            for blocks in (self.prelude, self.recurrent, self.coda):
-                init_block_weights(blocks, self.config, generator)
             trunc_normal_(self.readout.weight, std, generator)
             self.injection.reset_parameters(generator, std)
-            for module in self.modules():
-                if isinstance(module, RMSNorm):
-                    module.weight.fill_(1.0)
 
     def param_groups(self) -> ParamGroups:
         return split_param_groups(self, ("embed.", "value_embeddings."), ("injection.", "readout."))

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from parcae_scaling.model.blocks import (
     Block, Diagnostics, ModelOutput, ParamGroups, RMSNorm, Rotary, ValueEmbeddings,
-    init_block_weights, init_std, split_param_groups, trunc_normal_,
+    scaled_zero_init_, split_param_groups,
 )
 from parcae_scaling.model.config import ModelConfig
 from parcae_scaling.model.head import lm_head
@@ -27,15 +27,7 @@ class TransformerLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        std = init_std(self.config)
-        with torch.no_grad():
-            trunc_normal_(self.embed.weight, std, generator)
-            for table in self.value_embeddings.tables.values():
-                trunc_normal_(table.weight, std, generator)
-            init_block_weights(self.blocks, self.config, generator)
-            for module in self.modules():
-                if isinstance(module, RMSNorm):
-                    module.weight.fill_(1.0)
+        scaled_zero_init_(self, self.config, generator)
 
     def param_groups(self) -> ParamGroups:
         return split_param_groups(self, ("embed.", "value_embeddings."), ())
