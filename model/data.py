@@ -201,6 +201,17 @@ def train_batch(
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
+def global_micro_index(*, rank: int, micro: int, grad_accum_steps: int) -> int:
+    """Which of the step's micro-batches rank `rank` trains as its local micro-batch `micro`.
+
+    Ranks take contiguous, disjoint blocks of grad_accum_steps indices, so world_size ranks
+    together cover 0 .. world_size * grad_accum_steps - 1 exactly once: the same batches a
+    single process accumulating them all would see, whatever the world size."""
+    if not 0 <= micro < grad_accum_steps or rank < 0:
+        raise ValueError(f"micro-batch {micro} of {grad_accum_steps} on rank {rank} does not exist")
+    return rank * grad_accum_steps + micro
+
+
 def val_windows(stream: TokenStream, *, seq_len: int, max_tokens: int) -> int:
     """How many fixed validation windows of seq_len predicted tokens fit (at least one)."""
     n = min(max_tokens // seq_len, (len(stream) - 1) // seq_len)

@@ -7,8 +7,8 @@ serialisation (sorted keys, no whitespace); `run_id` hashes the parts that chang
 the package version, so the same plan gives the same ids.
 
 Token rule (`plan_tokens`): tokens = floor(budget_flops / flops_per_token) (or the given token
-count), then floored to whole optimizer steps of batch_size * grad_accum_steps * seq_len tokens;
-a budget below one step is an error.
+count), then floored to whole optimizer steps of batch_size * grad_accum_steps * world_size * seq_len
+tokens (the global batch); a budget below one step is an error.
 """
 
 from __future__ import annotations
@@ -28,9 +28,14 @@ ScheduleName = Literal["wsd", "cosine", "constant"]
 DataSource = Literal["embedded", "bin", "parquet"]
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
+DepthSampling = Literal["per_rank", "shared"]
+Sharding = Literal["ddp", "zero"]
+DistBackend = Literal["auto", "gloo", "nccl"]
 RUN_SPEC_VERSION = 1
-# Fields that do not change what is trained (excluded from run_id).
-_NON_SCIENTIFIC = ("output_dir", "metrics_every_steps", "checkpoint_every_steps", "device")
+# Fields that do not change what is trained (excluded from run_id). The process layout is
+# placement too: the run_id hashes the global batch, so a run resumes under any world size.
+_NON_SCIENTIFIC = ("output_dir", "metrics_every_steps", "checkpoint_every_steps", "device",
+                   "nproc_per_node", "nodes", "sharding", "dist_backend")
 
 
 def _bad(cls: str, name: str, why: str, fix: str) -> ValueError:
@@ -189,6 +194,16 @@ class RunSpec:
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
     device: Device = "auto"
+    # Data parallelism (model/distributed.py). global batch = batch_size x grad_accum_steps x
+    # nproc_per_node x nodes; batch_size and grad_accum_steps are per process.
+    nproc_per_node: int = 1
+    nodes: int = 1
+    # "per_rank": every micro-batch draws its depths from its global index, so the run is the
+    # same for any world size; "shared": all ranks draw the same depths for a micro-step, so
+    # their loops run equally long (no straggler at the all-reduce). Same Poisson law either way.
+    depth_sampling: DepthSampling = "per_rank"
+    sharding: Sharding = "ddp"  # "zero": ZeroRedundancyOptimizer shards optimizer state over ranks
+    dist_backend: DistBackend = "auto"  # auto: nccl on CUDA, gloo on CPU
 
     def __post_init__(self) -> None:
         from parcae_scaling.model.config import ModelConfig
@@ -210,7 +225,11 @@ class RunSpec:
         _check_choice(c, "flop_convention", self.flop_convention, FlopConvention)
         _check_choice(c, "precision", self.precision, Precision)
         _check_choice(c, "device", self.device, Device)
-        for name in ("batch_size", "grad_accum_steps", "metrics_every_steps", "eval_tokens"):
+        _check_choice(c, "depth_sampling", self.depth_sampling, DepthSampling)
+        _check_choice(c, "sharding", self.sharding, Sharding)
+        _check_choice(c, "dist_backend", self.dist_backend, DistBackend)
+        for name in ("batch_size", "grad_accum_steps", "metrics_every_steps", "eval_tokens",
+                     "nproc_per_node", "nodes"):
             _check_positive_int(c, name, getattr(self, name))
         _check_positive_int(c, "checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
         _check_positive_int(c, "seed", self.seed, minimum=0)
@@ -234,8 +253,33 @@ class RunSpec:
         return self.model.seq_len
 
     @property
+    def world_size(self) -> int:
+        """Processes (ranks) the run trains on."""
+        return self.nproc_per_node * self.nodes
+
+    @property
+    def global_micro_batches(self) -> int:
+        """Micro-batches of batch_size sequences per optimizer step, over all ranks."""
+        return self.grad_accum_steps * self.world_size
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step: per-process batch x accumulation x processes."""
+        return self.batch_size * self.global_micro_batches
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.grad_accum_steps * self.seq_len
+        return self.global_batch_size * self.seq_len
+
+    def with_world_size(self, nproc_per_node: int, nodes: int = 1) -> "RunSpec":
+        """The same run (same global batch and run_id) laid out on another number of processes."""
+        world = nproc_per_node * nodes
+        if world < 1 or self.global_micro_batches % world:
+            raise _bad("RunSpec", "nproc_per_node", f"{world} processes do not divide the "
+                       f"{self.global_micro_batches} micro-batches of {self.batch_size} sequences per step",
+                       f"use a world size dividing {self.global_micro_batches}")
+        return self.replace(nproc_per_node=nproc_per_node, nodes=nodes,
+                            grad_accum_steps=self.global_micro_batches // world)
 
     def recurrences_to_evaluate(self) -> tuple[int, ...]:
         """Explicit list (plus the training depth mu_rec), or powers of two up to 2*mu_rec plus
@@ -299,6 +343,9 @@ class RunSpec:
         for name in _NON_SCIENTIFIC:
             d.pop(name)
         d["data"].pop("cache_dir")  # where caches live does not change the tokens
+        d["grad_accum_steps"] = self.global_micro_batches  # the global batch, not its layout
+        if d["depth_sampling"] == "per_rank":
+            d.pop("depth_sampling")  # the default: ids of runs specified before it existed stay put
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(f"{__version__}|{blob}".encode()).hexdigest()[:16]
 
@@ -329,7 +376,8 @@ def plan_tokens(run: RunSpec) -> TokenPlan:
         what = f"budget_flops={run.budget_flops:g} buys {requested} tokens" if run.tokens is None else f"tokens={requested}"
         raise ValueError(
             f"RunSpec.budget_flops: {what}, less than one optimizer step of {run.tokens_per_step} tokens "
-            f"({run.batch_size} x {run.grad_accum_steps} x {run.seq_len}); raise the budget or shrink the batch"
+            f"({run.batch_size} x {run.grad_accum_steps} x {run.world_size} processes x {run.seq_len}); "
+            "raise the budget or shrink the batch"
         )
     tokens = steps * run.tokens_per_step
     return TokenPlan(

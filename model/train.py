@@ -8,6 +8,14 @@ Determinism: the batch of step s, micro-batch m is a pure function of (seed, s, 
 the torch.Generator that draws the per-sequence depths; a resumed run therefore repeats the
 uninterrupted trajectory bit for bit on CPU. The divergence guard checks loss and gradient
 norm every step (one scalar sync per step) before the optimizer is allowed to move.
+
+Data parallelism (RunSpec.nproc_per_node x nodes processes, model/distributed.py): rank r's
+local micro-batch m is global micro-batch g = r * grad_accum_steps + m of the step, so the ranks
+read disjoint slices and together read exactly the batches a single process accumulating all
+g would. Depths: "per_rank" draws them from (seed, step, g), so a run is the same for every
+world size (and a 2-process run equals the 1-process run up to float summation order);
+"shared" draws them from (seed, step, m), the same on all ranks. DDP averages gradients; loss
+and depth sums are all-reduced; rank 0 alone writes metrics, checkpoints and the summary.
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ import torch.nn as nn
 from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
 from parcae_scaling.model import build_model
 from parcae_scaling.model.blocks import compile_blocks
+from parcae_scaling.model import distributed as pdist
 from parcae_scaling.model.checkpoint import CHECKPOINT_FILE, TrainProgress, load_checkpoint, save_checkpoint
-from parcae_scaling.model.data import TokenData, load_data, train_batch, val_batches, val_windows
+from parcae_scaling.model.data import (
+    TokenData, global_micro_index, load_data, train_batch, val_batches, val_windows,
+)
 from parcae_scaling.model.flops import flops_per_token
 from parcae_scaling.model.mfu import device_peak_flops, model_flops_utilisation
 from parcae_scaling.model.optim import OptimizerBundle, build_optimizer
@@ -126,7 +137,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_output_dir(run: RunSpec) -> Path:
+def _prepare_output_dir(run: RunSpec, *, write: bool = True) -> Path:
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / SPEC_FILE
@@ -134,7 +145,8 @@ def _prepare_output_dir(run: RunSpec) -> Path:
         existing = RunSpec.from_json(spec_path.read_text())
         if existing.run_id != run.run_id:
             raise ValueError(f"{out} holds run {existing.run_id}, not {run.run_id}; use a fresh output_dir")
-    _write_json_atomic(spec_path, run.to_dict())
+    if write:
+        _write_json_atomic(spec_path, run.to_dict())
     return out
 
 
@@ -193,9 +205,19 @@ def _result(run: RunSpec, plan: TokenPlan, progress: TrainProgress, *, status: R
 
 
 def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
-    """Train (or resume) one run to its planned tokens, evaluate it and write its summary."""
+    """Train (or resume) one run to its planned tokens, evaluate it and write its summary.
+
+    Under a multi-process launcher every rank calls this with the same spec; all of them return
+    rank 0's result, and only rank 0 uses `sink` (the others may pass a NullSink)."""
+    with pdist.distributed_context(run, resolve_device(run)) as ctx:
+        if not ctx.is_main:
+            sink = pdist.NullSink()
+        return _train_run(run, sink, ctx)
+
+
+def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunResult:
     wall0 = time.perf_counter()
-    out = _prepare_output_dir(run)
+    out = _prepare_output_dir(run, write=ctx.is_main)
     run_id = run.run_id
     summary_path = out / SUMMARY_FILE
     if summary_path.exists():
@@ -210,20 +232,24 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
             raise ValueError(f"the data's tokenizer has {data.vocab_size} ids but ModelConfig.vocab_size is "
                              f"{run.model.vocab_size}; set vocab_size >= {data.vocab_size}")
         val_windows(data.val, seq_len=run.seq_len, max_tokens=run.eval_tokens)  # fail early, not after training
-        device = resolve_device(run)
+        device = ctx.device
         torch.manual_seed(run.seed)
         model = build_model(run.model).to(device)
         params = sum(p.numel() for p in model.parameters())
         optimizer = build_optimizer(model, run.optimizer)
+        if run.sharding == "zero":
+            optimizer = pdist.shard_optimizer(optimizer)
         ckpt = out / CHECKPOINT_FILE
-        if ckpt.exists():
+        if ckpt.exists():  # every rank restores rank 0's checkpoint (a shared file system)
             progress = load_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer)
         sink.update_status(run_id, RunStatus.RUNNING, step=progress.step,
                            message=f"resumed from step {progress.step}" if progress.step else None)
         if run.compile:
             compile_blocks(model)  # per block: the loop's data-dependent depth stays in Python
-        forward = model
-        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, device, ckpt)
+        forward = pdist.wrap_ddp(model, ctx)
+        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, ctx, ckpt)
+        if not ctx.is_main:
+            return RunResult.from_dict(pdist.broadcast_object(None))
         if diverged is not None:
             step, why = diverged
             sink.update_status(run_id, RunStatus.DIVERGED, step=step, message=why)
@@ -231,6 +257,7 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
             result = _result(run, plan, progress, status=RunStatus.DIVERGED, params=params, evals=[],
                              wall=time.perf_counter() - wall0, diverged_step=step, message=why)
             _write_json_atomic(summary_path, result.to_dict())
+            pdist.broadcast_object(result.to_dict())
             return result
         evals = evaluate_recurrences(model, data, run, device)
         sink.log_evals(run_id, evals)
@@ -239,6 +266,7 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
         _write_json_atomic(summary_path, result.to_dict())
         sink.update_status(run_id, RunStatus.SUCCEEDED, step=progress.step)
         sink.flush()
+        pdist.broadcast_object(result.to_dict())  # the other ranks wait for rank 0's evaluation
         return result
     except Exception as exc:
         sink.update_status(run_id, RunStatus.FAILED, step=progress.step, message=f"{type(exc).__name__}: {exc}")
@@ -248,9 +276,12 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
 
 def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Module, forward: nn.Module,
                  optimizer: OptimizerBundle, progress: TrainProgress, sink: MetricsSink,
-                 device: torch.device, ckpt: Path) -> tuple[int, str] | None:
-    """The optimizer-step loop; returns (step, reason) if the run diverged, else None."""
+                 ctx: pdist.DistContext, ckpt: Path) -> tuple[int, str] | None:
+    """The optimizer-step loop; returns (step, reason) if the run diverged, else None (on every
+    rank alike: the decision uses all-reduced loss and the all-reduced gradients)."""
     run_id = run.run_id
+    device = ctx.device
+    accum = run.grad_accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
     clip = run.optimizer.grad_clip_norm if run.optimizer.grad_clip_norm > 0 else float("inf")
     peak, _ = device_peak_flops(device)
@@ -265,14 +296,19 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
         optimizer.zero_grad()
         loss_sum = torch.zeros((), device=device)
         depth_sum = grad_depth_sum = 0.0
-        for micro in range(run.grad_accum_steps):
-            x, y = train_batch(data.train, seed=run.seed, step=step, micro=micro,
+        for micro in range(accum):
+            g = global_micro_index(rank=ctx.rank, micro=micro, grad_accum_steps=accum)
+            x, y = train_batch(data.train, seed=run.seed, step=step, micro=g,
                                batch_size=run.batch_size, seq_len=run.seq_len)
             _check_vocab(x, run.model.vocab_size, data)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(run, device):
-                out = forward(x, y, generator=depth_generator(run.seed, step, micro))
-            (out.loss / run.grad_accum_steps).backward()
+            depth_key = g if run.depth_sampling == "per_rank" else micro
+            # DDP all-reduces gradients on the last micro-batch only.
+            sync = forward.no_sync() if micro < accum - 1 and hasattr(forward, "no_sync") else contextlib.nullcontext()
+            with sync:
+                with _autocast(run, device):
+                    out = forward(x, y, generator=depth_generator(run.seed, step, depth_key))
+                (out.loss / accum).backward()
             loss_sum += out.loss.detach().float()
             if out.depths is not None:
                 d = out.depths.detach().to("cpu", torch.float64)
@@ -282,17 +318,19 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
                 depth_sum += x.shape[0]
                 grad_depth_sum += x.shape[0]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        loss = float(loss_sum) / run.grad_accum_steps
+        loss_sum_all, depth_sum, grad_depth_sum = pdist.all_reduce_sum(
+            [float(loss_sum), depth_sum, grad_depth_sum], device)
+        loss = loss_sum_all / run.global_micro_batches
         number = step + 1  # metrics and statuses use 1-based optimizer step numbers
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             sink.log_metrics(run_id, number, {"loss": loss, "grad_norm": grad_norm, "lr": run.optimizer.lr * mult})
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             return number, f"non-finite {what} at step {number} (loss={loss}, grad_norm={grad_norm})"
         optimizer.step()
-        n_tokens = run.batch_size * run.grad_accum_steps * run.seq_len
+        n_tokens = run.tokens_per_step  # global: every rank counts the whole step
         progress.step = number
         progress.tokens += n_tokens
-        progress.sequences += run.batch_size * run.grad_accum_steps
+        progress.sequences += run.global_batch_size
         progress.depth_sum += depth_sum
         progress.grad_depth_sum += grad_depth_sum
         progress.train_seconds += time.perf_counter() - t_step
@@ -307,8 +345,8 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
             values = {
                 "loss": loss, "lr": run.optimizer.lr * mult, "lr_multiplier": mult, "grad_norm": grad_norm,
                 "tokens": float(progress.tokens), "flops": float(plan.flops_per_token * progress.tokens),
-                "tokens_per_s": tps, "mfu": model_flops_utilisation(plan.flops_per_token, tps, peak),
-                "mean_depth": depth_sum / (run.batch_size * run.grad_accum_steps),
+                "tokens_per_s": tps, "mfu": model_flops_utilisation(plan.flops_per_token, tps, peak * ctx.world_size),
+                "mean_depth": depth_sum / run.global_batch_size,
             }
             for name, value in out.diagnostics.as_floats().items():
                 if math.isfinite(value):  # NaN means "not applicable" (transformer)
@@ -318,5 +356,7 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
         every = run.checkpoint_every_steps
         if number == plan.steps or (every and number % every == 0):
             sink.flush()  # metrics up to the checkpoint are durable before it is
-            save_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer, progress=progress)
+            pdist.consolidate_optimizer(optimizer)  # ZeRO: gather the shards on rank 0 (collective)
+            if ctx.is_main:
+                save_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer, progress=progress)
     return None

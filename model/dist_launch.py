@@ -1,0 +1,110 @@
+"""Start one RunSpec on N local processes with torchrun; the per-rank entry point.
+
+`launch_local(run)` writes the spec beside the run, starts
+`python -m torch.distributed.run --standalone --nproc-per-node N -m parcae_scaling.model.dist_launch
+<spec>` in its own session and waits. torchrun watches the ranks: if one dies (even by SIGKILL)
+it stops the others and exits non-zero, so a failed rank never leaves the run hanging; the
+checkpoint left behind lets the next launch resume (with any world size dividing the global batch).
+
+The entry point also serves multi-node launches: under SLURM run it once per task with
+`srun` (model/distributed.py exports the layout via submitit), or per node through torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from parcae_scaling.model.run_spec import RunSpec
+
+if TYPE_CHECKING:  # the training stack is imported lazily, in the ranks
+    from parcae_scaling.model.train import RunResult
+
+LAUNCH_SPEC_FILE = "launch_spec.json"  # the exact spec (with its process layout) the ranks read
+LAUNCH_LOG_FILE = "launch.log"
+_ENTRY = "parcae_scaling.model.dist_launch"
+
+
+def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1) -> list[str]:
+    """The single-node torchrun command line that trains the spec at `spec_path`."""
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+            "--monitor-interval=0.2", "-m", _ENTRY, str(spec_path), f"--threads={threads}"]
+
+
+def start_local(run: RunSpec, *, threads: int = 1) -> subprocess.Popen[bytes]:
+    """Start `run` on run.nproc_per_node local processes (nodes must be 1); returns torchrun's process."""
+    if run.nodes != 1:
+        raise ValueError(f"RunSpec.nodes is {run.nodes}; a local launch uses one node: use the submitit or "
+                         "ray backend for several nodes, or set nodes=1")
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / LAUNCH_SPEC_FILE
+    spec_path.write_text(run.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = open(out / LAUNCH_LOG_FILE, "ab")
+    try:
+        return subprocess.Popen(torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads),
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def wait_local(proc: subprocess.Popen[bytes], run: RunSpec, *, timeout_s: float | None = None) -> "RunResult":
+    """Wait for a started launch; on timeout kill its whole session. Returns the run's summary."""
+    from parcae_scaling.model.train import SUMMARY_FILE, RunResult
+
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank: nothing is left running
+        proc.wait()
+        raise RuntimeError(f"run {run.run_id} did not finish within {timeout_s} s; its processes were killed "
+                           f"and the last checkpoint in {run.output_dir} remains for a resume") from None
+    summary = Path(run.output_dir) / SUMMARY_FILE
+    if code != 0 or not summary.exists():
+        log = Path(run.output_dir) / LAUNCH_LOG_FILE
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"run {run.run_id}: torchrun exited with code {code}; relaunch to resume from the last "
+                           f"checkpoint. Log tail ({log}):\n{tail}")
+    return RunResult.from_dict(json.loads(summary.read_text()))
+
+
+def launch_local(run: RunSpec, *, threads: int = 1, timeout_s: float | None = None) -> "RunResult":
+    """Train `run` on run.nproc_per_node local processes and return its summary (raises on failure)."""
+    return wait_local(start_local(run, threads=threads), run, timeout_s=timeout_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Per-rank entry point: train the spec; rank 0 alone writes the run directory's metrics."""
+    import argparse
+
+    import torch
+
+    from parcae_scaling.db.files import RunDirSink
+    from parcae_scaling.db.sink import RunStatus
+    from parcae_scaling.model.distributed import NullSink, environ_rank
+    from parcae_scaling.model.train import train_run
+
+    parser = argparse.ArgumentParser(prog=_ENTRY)
+    parser.add_argument("spec")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = RunSpec.from_json(Path(args.spec).read_text())
+    if environ_rank() == 0:
+        with RunDirSink(run.output_dir) as sink:
+            result = train_run(run, sink)
+    else:
+        result = train_run(run, NullSink())
+    return 0 if result.status == RunStatus.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
