@@ -94,6 +94,8 @@ class Plan:
 @functools.lru_cache(maxsize=4096)
 def _config(name: str, overrides: tuple[tuple[str, Any], ...], mu_rec: int, mu_bwd: int) -> ModelConfig:
     base = get_config(name, **dict(overrides))
+    if overrides:  # an overridden model is another model: its name says how (the store groups by it)
+        base = base.replace(name=name + "[" + ",".join(f"{k}={v}" for k, v in overrides) + "]")
     if not base.is_looped:
         return base
     return base.replace(mu_rec=mu_rec, mu_bwd=mu_bwd)
