@@ -336,13 +336,35 @@ def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP =
 
 
 @fit_app.command("report")
-def fit_report_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
-                       model: _MODEL = None, bootstrap: _BOOT = 200,
+def fit_report_command(csv: _CSV = None, store: _STORE = None,
+                       sweep: _Ann[_Opt[str], typer.Option("--sweep", help="sweep name(s) in the store, comma-separated "
+                                                           "(several: each is fitted, stability is compared across them)")] = None,
+                       out: _OUT = _Path("fits"), model: _MODEL = None, bootstrap: _BOOT = 200,
                        test_time_csv: _Ann[_Opt[_Path], typer.Option("--test-time-csv", help="test-time CSV")] = None,
                        eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
-                       params_column: _PCOL = "params_effective") -> None:
-    """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures."""
-    fit_isoflop_command(csv, store, sweep, out, model, bootstrap)
-    fit_frontier_command(csv, store, sweep, out, model, bootstrap, eff, non_core, core, params_column)
-    if store is not None or test_time_csv is not None:
-        fit_test_time_command(test_time_csv, None if test_time_csv else store, sweep, out, model)
+                       params_column: _PCOL = "params_effective",
+                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; default OUT/report.html)")] = None) -> None:
+    """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
+    From a store also the plan, run statuses and training stability, in one self-contained HTML."""
+    if store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
+        fit_isoflop_command(csv, store, sweep, out, model, bootstrap)
+        fit_frontier_command(csv, store, sweep, out, model, bootstrap, eff, non_core, core, params_column)
+        if test_time_csv is not None:
+            fit_test_time_command(test_time_csv, None, sweep, out, model)
+        return
+    from parcae_scaling.scaling.cli_support import effective_params
+    from parcae_scaling.scaling.html_report import write_html
+    from parcae_scaling.scaling.sweep_report import build_report
+    try:
+        if csv is not None or not sweep:
+            raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
+        rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
+                           n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column))
+    except ValueError as err:
+        _fail(err)
+    for s in rep.sections:
+        typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
+        if s.summary:
+            typer.echo("  " + s.summary.replace("\n", "\n  "))
+    path = write_html(rep, html or out / "report.html")
+    typer.echo(f"report: {path} ({len(rep.figures)} figures; PNG and PDF under {out})")

@@ -1,0 +1,58 @@
+"""Figures drawn straight from measured runs (no law): the measured compute-optimal frontier of the
+looped model against the fixed-depth baseline, in the one figure style of style.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from parcae_scaling.scaling.figures import LOSS_LABEL
+from parcae_scaling.scaling.style import budget_colors, new_figure, paper_style, save
+
+
+def measured_frontier(df: pd.DataFrame) -> pd.DataFrame:
+    """Per budget: the best looped run (its mu_rec and loss) and the fixed-depth loss.
+
+    Fixed depth means a transformer baseline run (arch 'transformer') if the sweep has one on that
+    budget, else the looped model's own mu_rec = 1 run."""
+    df = df[np.isfinite(df["loss"].to_numpy(float))]
+    is_tf = df["arch"].astype(str).eq("transformer") if "arch" in df.columns else pd.Series(False, index=df.index)
+    loop, tf = df[~is_tf], df[is_tf]
+    rows = []
+    for budget, g in loop.groupby("budget_flops"):
+        best = g.loc[g["loss"].idxmin()]
+        base = tf[tf["budget_flops"] == budget]
+        base_loss = float(base["loss"].min()) if len(base) else float(g.loc[g["mu_rec"] == 1, "loss"].min()) \
+            if (g["mu_rec"] == 1).any() else float("nan")
+        rows.append({"budget_flops": float(budget), "best_mu_rec": int(best["mu_rec"]), "best_loss": float(best["loss"]),
+                     "fixed_depth_loss": base_loss,
+                     "fixed_depth": "transformer" if len(base) else "mu_rec=1"})
+    return pd.DataFrame(rows, columns=["budget_flops", "best_mu_rec", "best_loss", "fixed_depth_loss", "fixed_depth"])
+
+
+def measured_frontier_figure(df: pd.DataFrame, out_dir: str | Path, name: str = "frontier_measured") -> list[Path]:
+    """Loss vs C: one line per mu_rec, the fixed-depth baseline, and the best looped run per budget."""
+    front = measured_frontier(df)
+    if front.empty:
+        raise ValueError("no finite losses of looped runs to draw a measured frontier from")
+    is_tf = df["arch"].astype(str).eq("transformer") if "arch" in df.columns else pd.Series(False, index=df.index)
+    loop = df[~is_tf]
+    mus = sorted(loop["mu_rec"].unique())
+    with paper_style():
+        fig, ax = new_figure(height_in=2.5)
+        ax = ax[0, 0]
+        for color, mu in zip(budget_colors(len(mus)), mus):
+            g = loop[loop["mu_rec"] == mu].groupby("budget_flops")["loss"].min()
+            ax.plot(g.index, g.values, "o-", color=color, lw=0.7, ms=3, alpha=0.8, label=rf"$\mu_{{rec}}$={int(mu)}")
+        if front["fixed_depth_loss"].notna().any():
+            ax.plot(front["budget_flops"], front["fixed_depth_loss"], "s--", color="C3", ms=3.5,
+                    label=f"fixed depth ({front['fixed_depth'].iloc[0]})")
+        ax.plot(front["budget_flops"], front["best_loss"], "-", color="k", lw=1.6, alpha=0.5, label="best looped run")
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel(LOSS_LABEL)
+        ax.set_title("measured frontier: looped vs fixed depth")
+        ax.legend(frameon=False, ncol=2)
+        return save(fig, out_dir, name)
