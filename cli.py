@@ -37,6 +37,8 @@ def train_one_command(
     output_dir: str = typer.Option(None, help="Run directory (default runs/train-one-<run id>)."),
     spec: str = typer.Option(None, help="Train a RunSpec JSON file instead (other options ignored)."),
     threads: int = typer.Option(1, help="torch CPU threads; 1 is fastest for tiny models on a busy box."),
+    nproc: int = typer.Option(None, help="Data-parallel processes on this node (torchrun); batch size is per "
+                              "process. Default: the spec's nproc_per_node, else 1."),
 ) -> None:
     """Train one run end to end (default: a tiny Parcae on the embedded corpus) and print its summary."""
     import json
@@ -56,8 +58,15 @@ def train_one_command(
                                  tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
                                  lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
                                  output_dir=output_dir)
+        if nproc is not None:
+            run = run.replace(nproc_per_node=nproc)
+        if run.world_size > 1:
+            from parcae_scaling.model.dist_launch import launch_local
+
+            typer.echo(json.dumps(launch_local(run, threads=threads).to_dict(), indent=2))
+            return
         out = train_one(run)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1)
     r = out.result
@@ -343,7 +352,8 @@ def fit_report_command(csv: _CSV = None, store: _STORE = None,
                        test_time_csv: _Ann[_Opt[_Path], typer.Option("--test-time-csv", help="test-time CSV")] = None,
                        eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
                        params_column: _PCOL = "params_effective",
-                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; default OUT/report.html)")] = None) -> None:
+                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; default OUT/report.html)")] = None,
+                       fits: _Ann[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, stability only)")] = True) -> None:
     """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
     From a store also the plan, run statuses and training stability, in one self-contained HTML."""
     if store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
@@ -359,7 +369,7 @@ def fit_report_command(csv: _CSV = None, store: _STORE = None,
         if csv is not None or not sweep:
             raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
         rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
-                           n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column))
+                           n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
     except ValueError as err:
         _fail(err)
     for s in rep.sections:
