@@ -108,3 +108,61 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def slurm_task_layout(run: RunSpec, *, gpus: bool) -> dict[str, int]:
+    """submitit parameters for one multi-process run: one SLURM task per rank (each task calls
+    the job's function, which trains with `train_run` after model/distributed.py exports the
+    layout from SLURM's environment through submitit's TorchDistributedEnvironment)."""
+    layout = {"nodes": run.nodes, "tasks_per_node": run.nproc_per_node}
+    if gpus:
+        layout["gpus_per_node"] = run.nproc_per_node
+    return layout
+
+
+def current_rank() -> int:
+    """Global rank of this process: from an initialised group (Ray Train), else the launcher's env."""
+    import torch.distributed as dist
+
+    from parcae_scaling.model.distributed import environ_rank
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else environ_rank()
+
+
+def ray_train_run(run: RunSpec, *, use_gpu: bool = False, cpus_per_worker: float = 1.0,
+                  storage_path: str | None = None) -> None:
+    """Train `run` on run.world_size Ray workers (one placement group) through Ray Train's
+    TorchTrainer, which forms the process group before `train_run` reuses it. Rank 0 writes the
+    run directory's JSON-lines metrics; raises if the run did not succeed."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _ray_worker, train_loop_config={"spec": run.to_json()},
+        scaling_config=ScalingConfig(num_workers=run.world_size, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"parcae-{run.run_id}", storage_path=storage_path or str(Path(run.output_dir).resolve())),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"run {run.run_id} failed under Ray Train: {result.error}")
+
+
+def _ray_worker(config: dict[str, str]) -> None:
+    import torch
+
+    from parcae_scaling.db.files import RunDirSink
+    from parcae_scaling.db.sink import RunStatus
+    from parcae_scaling.model.distributed import NullSink
+    from parcae_scaling.model.train import train_run
+
+    torch.set_num_threads(1)
+    run = RunSpec.from_json(config["spec"])
+    if current_rank() == 0:
+        with RunDirSink(run.output_dir) as sink:
+            result = train_run(run, sink)
+    else:
+        result = train_run(run, NullSink())
+    if result.status != RunStatus.SUCCEEDED:
+        raise RuntimeError(f"run {run.run_id} ended {result.status.value}: {result.message}")

@@ -167,7 +167,7 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     # Every parameter gets a gradient every step (tied head, all loop blocks run at depth >= 1).
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def _active() -> bool:
