@@ -24,7 +24,7 @@ td.text{text-align:left}
 .warn{background:#fff8e1;border-left:4px solid #f0ad4e;padding:.4em .8em;font-size:.85em}
 .error{background:#fdecea;border-left:4px solid #d9534f;padding:.4em .8em;font-size:.85em}
 .status-succeeded{color:#2e7d32}.status-failed,.verdict-diverged{color:#c62828;font-weight:bold}
-.verdict-spiked{color:#e65100;font-weight:bold}.verdict-stable{color:#2e7d32}
+.verdict-spiked,.verdict-unstable{color:#e65100;font-weight:bold}.verdict-marginal{color:#8d6e00}.verdict-stable{color:#2e7d32}
 figure{margin:1em 0}figure img{max-width:100%;max-height:460px;border:1px solid #eee}figcaption{font-size:.75em;color:#666}
 nav ul{font-size:.85em;columns:2}
 """

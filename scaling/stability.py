@@ -90,12 +90,18 @@ def _max(g: pd.DataFrame | None) -> float:
 
 
 def verdict(row: pd.Series) -> str:
-    """A short word for the report: diverged / spiked / stable / failed (not by divergence)."""
+    """A short word for the report: diverged / failed / spiked / unstable (rho > 1) / marginal
+    (rho = 1, the addition injection) / stable. The loop is linearly stable only for rho < 1."""
     if row["diverged"]:
         return "diverged"
     if row["status"] not in ("succeeded", "running"):
         return str(row["status"])
-    return "spiked" if row["n_spikes"] else "stable"
+    if row["n_spikes"]:
+        return "spiked"
+    rho = row.get("max_rho_a", float("nan"))
+    if rho > 1 + 1e-6:
+        return "unstable"
+    return "marginal" if rho >= 1 - 1e-6 else "stable"
 
 
 def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str | Path,
@@ -112,7 +118,7 @@ def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str |
                 if g.empty:
                     continue
                 ax.plot(g["step"], g["value"], color=colors[row.run_id], lw=0.9,
-                        label=f"{row.label} ({verdict(pd.Series(row._asdict()))})")
+                        label=f"{row.label} ({verdict(pd.Series(row._asdict()))})" if metric == "loss" else None)
                 finite = g[np.isfinite(g["value"])]
                 if row.diverged and len(finite):
                     ax.plot(finite["step"].iloc[-1], finite["value"].iloc[-1], "x", color=colors[row.run_id], ms=6)
@@ -121,8 +127,9 @@ def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str |
             ax.set_ylabel(ylabel)
         if metric_has_data(history, "rho_a"):
             axes[0][1].axhline(1.0, color="k", lw=0.6, ls="--")
-        axes[0][0].legend(frameon=False, fontsize=5.5)
-        axes[0][0].set_title("training stability (x: diverged)")
+        # Below the panels: long run labels must not squeeze the axes.
+        fig.legend(loc="outside lower center", ncol=min(3, max(1, len(health))), frameon=False, fontsize=5.5)
+        fig.suptitle("training stability (x: diverged; dashed: rho = 1)", fontsize=8)
         return save(fig, out_dir, name)
 
 

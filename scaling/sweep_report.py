@@ -10,6 +10,7 @@ one failed analysis never hides the others.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -102,7 +103,7 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
     for m in models:
         df = loop if m is None else loop[loop["model"].astype(str) == m]
         tag = f"{sweep}" + (f" / {m}" if m else "")
-        out = out_dir / sweep / (m or "all")
+        out = out_dir / _safe(sweep) / _safe(m or "all")
 
         def iso() -> Section:
             res = run_isoflop(df, out, n_bootstrap=n_bootstrap, source=source)
@@ -144,6 +145,11 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
     return sections
 
 
+def _safe(name: str) -> str:
+    """A folder name from a sweep or model name ("parcae-tiny-48[seq_len=64]" -> "parcae-tiny-48_seq_len_64")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"
+
+
 def _with_baselines(df: pd.DataFrame, model: str) -> pd.DataFrame:
     """The looped model's runs plus every fixed-depth (transformer) run on the same budgets."""
     keep = (df["model"].astype(str) == model) | (df.get("arch", pd.Series("", index=df.index)).astype(str) == "transformer")
@@ -176,12 +182,14 @@ def run_labels(store, runs: pd.DataFrame, *, with_sweep: bool = False) -> dict[s
     for r in runs.itertuples():
         spec = store.run_spec(r.run_id)
         model = spec.get("model", {})
-        parts = [str(r.model_size)]
+        parts = [str(r.model_size).split("[")[0]]  # overrides show in the plan table
         if model.get("family") == "parcae":
             parts += [str(model.get("injection", "diagonal")), f"μ={int(r.mu_rec)}"]
         parts.append(f"C={r.budget_flops:.2g}" if pd.notna(r.budget_flops) else f"D={int(r.tokens):,}")
         parts.append(f"lr={spec.get('optimizer', {}).get('lr', float('nan')):g}")
-        labels[r.run_id] = (f"{r.sweep}: " if with_sweep else "") + ", ".join(parts)
+        labels[r.run_id] = ", ".join(parts)
+    if len(set(labels.values())) < len(labels):  # same settings in different sweeps or seeds
+        labels = {rid: f"{lab} [{rid[:6]}]" for rid, lab in labels.items()}
     return labels
 
 
@@ -192,7 +200,7 @@ def stability_section(store, sweeps: Sequence[str], out_dir: Path) -> Section:
     health = run_health(runs, history, labels=run_labels(store, runs, with_sweep=len(sweeps) > 1))
     health.insert(2, "verdict", [verdict(r) for _, r in health.iterrows()])
     name = "stability_" + "_".join(sweeps) if len(sweeps) > 1 else "stability"
-    figs = stability_figure(history, health.drop(columns="verdict"), out_dir / "_".join(sweeps), name=name)
+    figs = stability_figure(history, health.drop(columns="verdict"), out_dir / _safe("_".join(sweeps)), name=name)
     bad = health[health["verdict"] != "stable"]
     warnings = tuple(f"{r.label}: {r.verdict}" + (f" at step {r.diverged_step}" if r.diverged and r.diverged_step else "")
                      + (f" ({r.n_spikes} spikes, worst {r.max_spike_ratio:.2f}x the best loss before it)" if r.n_spikes else "")
