@@ -23,7 +23,7 @@ from typing import Sequence
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import DispatchOptions, JobHandle, register
-from parcae_scaling.sweeps.claims import touch
+from parcae_scaling.sweeps.claims import run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
 
 
@@ -130,6 +130,8 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
             gpus += running.pop(proc)
         while queue and not stop and len(running) < max_workers:
             run_id = queue.pop(0)
+            if run_status(store, run_id) is not RunStatus.PENDING:
+                continue  # cancelled (or taken over) while queued: starting a worker would be waste
             env = {**os.environ, HEARTBEAT_ENV: str(heartbeat_s), "OMP_NUM_THREADS": str(threads)}
             mine = [gpus.pop(0) for _ in range(gpus_per_run)] if gpus else []
             if mine:

@@ -40,6 +40,7 @@ class LaunchReport:
     lost: tuple[str, ...] = ()
     handles: tuple[JobHandle, ...] = ()
     final: dict[str, int] = field(default_factory=dict)  # status -> count after waiting (if waited)
+    unfinished: tuple[str, ...] = ()  # runs this call dispatched and waited for that did not succeed
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -131,7 +132,8 @@ def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach
     claimed, handles = dispatch(store, backend, [r.run_id for r in plan.runs], options=options,
                                 statuses=[RunStatus.PLANNED], stale_after_s=stale_after_s, sweep=plan.sweep)
     return LaunchReport(sweep=plan.sweep, planned=len(plan.runs), newly_recorded=new, dispatched=tuple(claimed),
-                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, plan.sweep))
+                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, plan.sweep),
+                        unfinished=_unfinished(store, plan.sweep, claimed, detach))
 
 
 def recorded_spec(store: Store, sweep: str) -> SweepSpec:
@@ -166,7 +168,8 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
     claimed, handles = dispatch(store, backend, ids, options=options, statuses=statuses, failure_kinds=kinds,
                                 stale_after_s=stale_after_s, sweep=sweep)
     return LaunchReport(sweep=sweep, planned=len(ids), newly_recorded=0, dispatched=tuple(claimed),
-                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, sweep))
+                        lost=tuple(lost), handles=tuple(handles), final=_counts(store, sweep),
+                        unfinished=_unfinished(store, sweep, claimed, detach))
 
 
 def cancel(store: Store, sweep: str | None = None, *, run_ids: Sequence[str] | None = None) -> list[str]:
@@ -185,6 +188,14 @@ def cancel(store: Store, sweep: str | None = None, *, run_ids: Sequence[str] | N
         if jobs and name in ("local", "submitit"):
             get_backend(str(name)).cancel(jobs)
     return list(live["run_id"])
+
+
+def _unfinished(store: Store, sweep: str, dispatched: Sequence[str], detach: bool) -> tuple[str, ...]:
+    if detach or not dispatched:
+        return ()
+    df = store.runs(sweep)
+    mine = df[df["run_id"].isin(list(dispatched))]
+    return tuple(mine.loc[mine["status"] != RunStatus.SUCCEEDED.value, "run_id"])
 
 
 def _counts(store: Store, sweep: str) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from parcae_scaling.model.config import ModelConfig, get_config
 from parcae_scaling.model.params import parameter_breakdown
-from parcae_scaling.model.run_spec import RunSpec, plan_tokens
+from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
 from parcae_scaling.sweeps.cost import device_hours
 from parcae_scaling.sweeps.spec import SpecError, SweepSpec
 
@@ -30,6 +30,7 @@ class PlannedRun:
     """One row of a plan: the RunSpec plus what the table shows."""
 
     run: RunSpec
+    run_id: str  # run.run_id, computed once (hashing a RunSpec is the planner's main cost)
     model_size: str
     family: str
     params_total: int
@@ -41,10 +42,6 @@ class PlannedRun:
     planned_flops: int
     device_hours: float
     problems: tuple[str, ...] = ()
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
 
     def row(self) -> dict[str, Any]:
         return {
@@ -130,7 +127,15 @@ def _combinations(spec: SweepSpec, models: tuple[str, ...], zipped: tuple[str, .
     return out
 
 
-def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> RunSpec:
+@functools.lru_cache(maxsize=65536)
+def _token_plan(model: ModelConfig, convention: str, budget: float | None, tokens: int | None, batch: int,
+                accum: int) -> TokenPlan:
+    """plan_tokens depends on these fields only; memoised because sweeps repeat them a lot."""
+    return plan_tokens(RunSpec(model=model, output_dir="-", flop_convention=convention,  # type: ignore[arg-type]
+                               budget_flops=budget, tokens=tokens, batch_size=batch, grad_accum_steps=accum))
+
+
+def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[RunSpec, str]:
     mu = int(c["mu_rec"])
     overrides = tuple(sorted(spec.model_overrides.items()))
     config = _config(c["models"], overrides, mu, spec.mu_bwd_for(mu))
@@ -144,13 +149,15 @@ def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> RunSpec:
         metrics_every_steps=r.metrics_every_steps, checkpoint_every_steps=r.checkpoint_every_steps,
         eval_recurrences=r.eval_recurrences, eval_tokens=r.eval_tokens, precision=r.precision, device=r.device,
     )
-    return run.replace(output_dir=str(output_root / run.run_id))
+    run_id = run.run_id
+    return run.replace(output_dir=str(output_root / run_id)), run_id
 
 
-def _planned(spec: SweepSpec, run: RunSpec) -> PlannedRun:
+def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     field_name = "budgets_flops" if run.budget_flops is not None else "tokens"
     try:
-        tp = plan_tokens(run)
+        tp = _token_plan(run.model, run.flop_convention, run.budget_flops, run.tokens, run.batch_size,
+                         run.grad_accum_steps)
     except ValueError as exc:
         raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc}",
                         "raise the budget or lower recipe.batch_size / model_overrides.seq_len") from None
@@ -164,7 +171,7 @@ def _planned(spec: SweepSpec, run: RunSpec) -> PlannedRun:
     if tp.tokens < non_emb:
         problems.append("under 1 token per non-embedding parameter")
     return PlannedRun(
-        run=run, model_size=run.model.name, family=run.model.family, params_total=total,
+        run=run, run_id=run_id, model_size=run.model.name, family=run.model.family, params_total=total,
         params_non_embedding=non_emb, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
         tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops,
         device_hours=device_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu),
@@ -181,15 +188,15 @@ def plan(spec: SweepSpec) -> Plan:
     runs: dict[str, PlannedRun] = {}
     seen_fixed: set[tuple[Any, ...]] = set()
     for c in combos:
-        run = _run_spec(spec, c, output_root)
+        run, run_id = _run_spec(spec, c, output_root)
         if not run.model.is_looped:  # fixed depth: the mu_rec axis collapses to one run
             key = (c["models"], c.get("budgets_flops"), c.get("tokens"), c["seeds"])
             if key in seen_fixed:
                 continue
             seen_fixed.add(key)
-        if run.run_id in runs:
-            raise SpecError(spec.source, "models", f"duplicate run {run.run_id} ({run.model.name}, "
+        if run_id in runs:
+            raise SpecError(spec.source, "models", f"duplicate run {run_id} ({run.model.name}, "
                             f"mu_rec={run.mu_rec}, budget={run.budget_flops}, tokens={run.tokens}, seed={run.seed})",
                             "remove repeated values from the axes (or a baseline also listed in models)")
-        runs[run.run_id] = _planned(spec, run)
+        runs[run_id] = _planned(spec, run, run_id)
     return Plan(spec=spec, runs=tuple(runs.values()))

@@ -26,6 +26,8 @@ from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.claims import run_status
 
 HEARTBEAT_ENV = "PARCAE_HEARTBEAT_S"
+# Dispatch benchmark only (bench/dispatch_overhead.py): record the run as succeeded without training.
+NOOP_ENV = "PARCAE_NOOP_RUNS"
 DEFAULT_HEARTBEAT_S = 10.0
 
 
@@ -89,6 +91,19 @@ def _install_sigterm() -> object | None:
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _announce_resume(run: RunSpec) -> None:
+    """One log line saying where a restarted run picks up (the job logs then show every resume)."""
+    from pathlib import Path
+
+    from parcae_scaling.model.checkpoint import CHECKPOINT_FILE
+
+    if (Path(run.output_dir) / CHECKPOINT_FILE).exists():
+        import torch
+
+        step = torch.load(Path(run.output_dir) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")["schedule"]["step"]
+        print(f"parcae worker: run {run.run_id} resumes from its checkpoint at step {step}", file=sys.stderr, flush=True)
+
+
 def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torch_threads: int = 1,
                 heartbeat_s: float | None = None) -> RunStatus:
     """Train `run` (resuming from its checkpoint) with metrics into the store; returns its final status."""
@@ -105,6 +120,11 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
         if current in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
             return current
         store.update_run(run_id, job_id=job_id or f"pid:{socket.gethostname()}:{os.getpid()}")
+        _announce_resume(run)
+        if os.environ.get(NOOP_ENV) == "1":
+            store.update_run(run_id, status=RunStatus.RUNNING)
+            store.update_run(run_id, status=RunStatus.SUCCEEDED, message="no-op (dispatch benchmark)")
+            return RunStatus.SUCCEEDED
         store.heartbeat(run_id)
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat_loop, args=(store, run_id, heartbeat_s, stop), daemon=True)
