@@ -189,7 +189,8 @@ def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--def
     typer.echo(f"sweep {rep.sweep}: {rep.planned} runs planned, {rep.newly_recorded} newly recorded, "
                f"{len(rep.dispatched)} dispatched on {backend}" + (" (detached)" if detach else ""))
     typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
-    if not detach and any(k not in ("succeeded",) for k in rep.final):
+    if rep.unfinished:  # only what this call dispatched: another launch's runs are not our failure
+        typer.echo(f"{len(rep.unfinished)} dispatched run(s) did not succeed; see `parcae-sweep status {rep.sweep}`", err=True)
         raise typer.Exit(code=1)
 
 
@@ -241,6 +242,8 @@ def resume_command(sweep: str = typer.Argument("default", help="Sweep name in th
         _fail(exc)
     typer.echo(f"sweep {sweep}: {len(rep.lost)} lost, {len(rep.dispatched)} re-dispatched on {backend}")
     typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
+    if rep.unfinished:
+        raise typer.Exit(code=1)
 
 
 @sweep_app.command("cancel")
