@@ -88,7 +88,9 @@ class ModelConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        # Every field is a scalar, so a shallow dict equals asdict() and is ~10x faster (the
+        # sweep planner hashes one per run: 10,000-run plans).
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "ModelConfig":
