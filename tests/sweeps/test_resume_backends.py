@@ -19,7 +19,7 @@ from parcae_scaling.model.train import train_run
 from parcae_scaling.sweeps import get_backend, launch, load_spec, mark_stale, plan, resume
 from parcae_scaling.sweeps.backend_local import parse_job_id
 
-LONG = {"budgets_flops": [6e10], "mu_rec": [2], "baselines": []}  # ~300 steps, checkpoint every 10
+LONG = {"budgets_flops": [3e10], "mu_rec": [2], "baselines": []}  # ~150 steps, checkpoint every 10
 
 
 class _ListSink:
@@ -66,7 +66,7 @@ def test_sigkilled_run_is_detected_stale_and_resumes_on_the_same_trajectory(
         write_spec, tiny_spec, store_url, tmp_path, wait_for) -> None:  # noqa: ANN001
     path = write_spec(tiny_spec(**LONG))
     _launch_detached(path, store_url)
-    wait_for(lambda: _step(store_url, "tiny") >= 40, what="40 steps")
+    wait_for(lambda: _step(store_url, "tiny") >= 30, what="30 steps")
     with Store.open(store_url) as store:
         job_id = store.runs("tiny")["job_id"].iloc[0]
         _, pid = parse_job_id(job_id)  # type: ignore[misc]
@@ -110,6 +110,7 @@ def tiny_spec():  # noqa: ANN201  (module scope needs its own copy of the confte
     return mod._tiny_spec
 
 
+@pytest.mark.slow
 @pytest.mark.service
 def test_slurm_backend_matches_local_losses(slurm_cluster, local_reference, write_spec, store_url,
                                             final_losses) -> None:  # noqa: ANN001
@@ -122,12 +123,13 @@ def test_slurm_backend_matches_local_losses(slurm_cluster, local_reference, writ
     assert final_losses(store_url, "tiny") == final_losses(local_url, "tiny")
 
 
+@pytest.mark.slow
 @pytest.mark.service
 def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, write_spec, tiny_spec, store_url, tmp_path,
                                                         wait_for) -> None:  # noqa: ANN001
     path = write_spec(tiny_spec(**LONG))
     _launch_detached(path, store_url, backend="submitit")
-    wait_for(lambda: _step(store_url, "tiny") >= 40, what="40 steps on SLURM")
+    wait_for(lambda: _step(store_url, "tiny") >= 30, what="30 steps on SLURM")
     with Store.open(store_url) as store:
         job = store.runs("tiny")["job_id"].iloc[0].removeprefix("slurm:")
         out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
@@ -138,6 +140,7 @@ def test_requeued_slurm_job_resumes_from_its_checkpoint(slurm_cluster, write_spe
     assert _losses(store_url, "tiny") == _reference_losses(path, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.service
 def test_ray_backend_matches_local_losses(local_reference, write_spec, store_url, final_losses) -> None:  # noqa: ANN001
     ray = pytest.importorskip("ray")
