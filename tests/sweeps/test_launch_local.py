@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
+
+from parcae_scaling.cli import sweep_app
 
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.sweeps import ConfigDriftError, cancel, get_backend, launch, load_spec, plan, record_plan
@@ -38,6 +41,10 @@ def test_concurrent_and_repeated_launches_run_each_run_once(write_spec, tiny_spe
         again = launch(plan(load_spec(path)), store, get_backend("local"), store_url=store_url)
         assert again.dispatched == () and again.newly_recorded == 0
         assert (store.runs("tiny")["attempt"] == 1).all()
+    shown = CliRunner().invoke(sweep_app, ["status", "tiny", "--store", store_url])
+    assert shown.exit_code == 0 and "succeeded  3" in shown.output, shown.output
+    for run_id in runs["run_id"]:
+        assert run_id in shown.output
 
 
 def test_config_drift_is_refused_unless_allowed(write_spec, tiny_spec, store_url) -> None:  # noqa: ANN001
