@@ -40,6 +40,7 @@ class DispatchOptions:
 
 class Backend(Protocol):
     name: str
+    can_detach: bool  # whether submitted work outlives the submitting process
 
     def submit(self, runs: Sequence[RunSpec], options: DispatchOptions) -> list[JobHandle]:
         """Start (or queue) every run; with options.detach False, block until all have ended."""

@@ -50,6 +50,7 @@ def parse_job_id(job_id: str) -> tuple[str, int] | None:
 
 class LocalBackend:
     name = "local"
+    can_detach = True
 
     def __init__(self) -> None:
         self._children: list[subprocess.Popen[bytes]] = []

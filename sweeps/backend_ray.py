@@ -31,6 +31,7 @@ def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float
 
 class RayBackend:
     name = "ray"
+    can_detach = False
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address

@@ -50,6 +50,7 @@ class SlurmRun(Checkpointable):
 
 class SubmititBackend:
     name = "submitit"
+    can_detach = True
 
     def __init__(self, partition: str | None = None) -> None:
         self.partition = partition

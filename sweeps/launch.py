@@ -86,6 +86,9 @@ def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options:
              stale_after_s: float = DEFAULT_STALE_AFTER_S, poll_s: float = 1.0,
              sweep: str | None = None) -> tuple[list[str], list[JobHandle]]:
     """Claim the runs that are in `statuses`, submit them, and (unless detached) wait for them."""
+    if options.detach and not backend.can_detach:
+        raise ValueError(f"the {backend.name} backend cannot detach (its jobs die with this process); "
+                         "launch without --detach or use the local or submitit backend")
     claimed = claim_runs(store, run_ids, backend=backend.name, statuses=statuses, failure_kinds=failure_kinds)
     if not claimed:
         return [], []
@@ -153,6 +156,9 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
     recorded = recorded_spec(store, sweep)
     if spec is not None:
         from parcae_scaling.sweeps.plan import plan as make_plan
+
+        if spec.name != sweep:
+            raise ValueError(f"{spec.source}: names sweep {spec.name!r}, not {sweep!r}; resume the sweep it names")
 
         record_plan(store, make_plan(spec), allow_drift=allow_drift)
         recorded = spec

@@ -79,3 +79,12 @@ def test_cancel_stops_a_detached_run(write_spec, tiny_spec, store_url, wait_for)
         assert runs["status"].tolist() == [RunStatus.CANCELLED.value]
         assert runs["failure_kind"].tolist() == ["cancelled"]
         assert cancel(store, "tiny") == []  # nothing live any more
+
+
+def test_a_backend_that_cannot_detach_refuses_before_claiming(write_spec, tiny_spec, store_url) -> None:  # noqa: ANN001
+    with Store.open(store_url) as store:
+        with pytest.raises(ValueError, match="cannot detach"):
+            launch(plan(load_spec(write_spec(tiny_spec()))), store, get_backend("ray"), store_url=store_url, detach=True)
+        assert (store.runs("tiny")["status"] == RunStatus.PLANNED.value).all()  # still launchable
+    with pytest.raises(ValueError, match="unknown backend 'slurm'"):
+        get_backend("slurm")
