@@ -100,7 +100,10 @@ def _announce_resume(run: RunSpec) -> None:
     if (Path(run.output_dir) / CHECKPOINT_FILE).exists():
         import torch
 
-        step = torch.load(Path(run.output_dir) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")["schedule"]["step"]
+        try:
+            step = torch.load(Path(run.output_dir) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")["schedule"]["step"]
+        except Exception as exc:  # train_run reports an unreadable checkpoint properly; this is only a log line
+            step = f"? ({type(exc).__name__})"
         print(f"parcae worker: run {run.run_id} resumes from its checkpoint at step {step}", file=sys.stderr, flush=True)
 
 
