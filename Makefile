@@ -11,6 +11,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+DEMO_DIR ?= out
+DEMO_STORE ?= sqlite:///$(DEMO_DIR)/parcae.sqlite
 
 .PHONY: install demo test test-all bench clean
 
@@ -22,8 +24,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The built-in default sweep (isoFLOP over mu_rec on the embedded corpus, local backend), then
+# every fit and figure in one HTML report: $(DEMO_DIR)/report/report.html.
 demo: install
-	$(VENV)/bin/parcae-sweep train-one
+	mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/parcae-sweep launch default --store $(DEMO_STORE)
+	$(VENV)/bin/parcae-sweep status default --store $(DEMO_STORE)
+	$(VENV)/bin/parcae-fit report --store $(DEMO_STORE) --sweep default --out $(DEMO_DIR)/report
 
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
