@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 import pandas as pd
 
 from parcae_scaling.scaling.style import new_figure, paper_style, save
@@ -26,24 +27,31 @@ HEALTH_COLUMNS = ("run_id", "label", "status", "failure_kind", "diverged", "dive
 
 @dataclass(frozen=True, kw_only=True)
 class SpikeRule:
-    """When a logged loss counts as a spike (ratio to the best loss logged before it)."""
+    """When a logged loss counts as a spike: more than `spike_ratio` times the median of the
+    `window` finite losses logged before it. A median, not the best loss so far: per-step losses
+    of small batches scatter by 10-20%, and the running minimum of noise sits at its low tail, so
+    comparing to it flags every healthy run (seen on the default sweep)."""
 
-    spike_ratio: float = 1.2
+    spike_ratio: float = 1.5
+    window: int = 10
     warmup_points: int = 3
 
     def __post_init__(self) -> None:
         if not self.spike_ratio > 1:
-            raise ValueError(f"SpikeRule.spike_ratio={self.spike_ratio} must be > 1, e.g. 1.2 (20% above the best)")
+            raise ValueError(f"SpikeRule.spike_ratio={self.spike_ratio} must be > 1, e.g. 1.5 (50% above the recent median)")
+        if self.window < 1:
+            raise ValueError(f"SpikeRule.window={self.window} must be >= 1 logged points")
         if self.warmup_points < 0:
             raise ValueError(f"SpikeRule.warmup_points={self.warmup_points} must be >= 0")
 
 
 def loss_spikes(loss: np.ndarray, rule: SpikeRule = SpikeRule()) -> np.ndarray:
-    """Per logged point: loss / (best finite loss before it); NaN where undefined (warm-up, first)."""
+    """Per logged point: loss / median of the previous `window` finite losses; NaN where
+    undefined (warm-up, nothing before it)."""
     loss = np.asarray(loss, dtype=float)
-    best = np.fmin.accumulate(np.where(np.isfinite(loss), loss, np.nan))
-    prev_best = np.concatenate([[np.nan], best[:-1]])
-    ratio = loss / prev_best
+    finite = pd.Series(np.where(np.isfinite(loss), loss, np.nan))
+    recent = finite.shift(1).rolling(rule.window, min_periods=1).median().to_numpy()
+    ratio = loss / recent
     ratio[: rule.warmup_points] = np.nan
     return ratio
 
@@ -123,6 +131,9 @@ def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str |
                 if row.diverged and len(finite):
                     ax.plot(finite["step"].iloc[-1], finite["value"].iloc[-1], "x", color=colors[row.run_id], ms=6)
             ax.set_yscale(scale)
+            if scale == "log":  # plain numbers, no minor labels: "9x10^0" labels crowd the next panel
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(ylabel)
         if metric_has_data(history, "rho_a"):
