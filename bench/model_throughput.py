@@ -49,6 +49,18 @@ def measure(*, compiled: bool, fused: bool, steps: int, warmup: int) -> tuple[fl
 BATCH_SIZE, SEQ_LEN = 8, 256
 
 
+def matmul_gflops(repeats: int = 100) -> float:
+    """This host's fp32 GEMM speed right now ([2048, 256] x [256, 1024], the model's MLP shape):
+    on shared machines it varies between runs, and every figure above scales with it."""
+    a, b = torch.randn(2048, 256), torch.randn(256, 1024)
+    for _ in range(5):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 2048 * 256 * 1024 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=15)
@@ -58,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens_per_step = BATCH_SIZE * SEQ_LEN
+    peak_before = matmul_gflops()
     results = {}
     for compiled in (False, True):
         median, depth = measure(compiled=compiled, fused=not args.no_fused, steps=args.steps, warmup=args.warmup)
@@ -65,6 +78,8 @@ def main() -> None:
         print(f"threads={args.threads} compile={compiled} fused={not args.no_fused}: median step "
               f"{median * 1e3:.0f} ms over {args.steps} steps, mean sampled depth {depth:.2f}, "
               f"{results[compiled]:.0f} tok/s")
+    peak = (peak_before + matmul_gflops()) / 2
+    print(f"BENCH cpu_fp32_matmul_gflops={peak:.1f} GFLOP/s")
     print(f"BENCH train_tokens_per_s_eager={results[False]:.1f} tok/s")
     print(f"BENCH train_tokens_per_s={max(results.values()):.1f} tok/s")
 
