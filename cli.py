@@ -5,6 +5,8 @@ Argument parsing and printing only; every command calls the library API.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 
 sweep_app = typer.Typer(
@@ -19,6 +21,12 @@ fit_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _fail(err: Exception) -> NoReturn:
+    """Print a library error as a one-line message and exit 1 (no traceback for bad input)."""
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=1)
 
 
 @sweep_app.command("train-one")
@@ -67,8 +75,7 @@ def train_one_command(
             return
         out = train_one(run)
     except (ValueError, OSError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1)
+        _fail(exc)
     r = out.result
     typer.echo(json.dumps(r.to_dict(), indent=2))
     typer.echo(f"data: {out.data_description}")
@@ -94,13 +101,12 @@ def configs_command(
     try:
         rows = [config_summary(get_config(n), convention) for n in list_configs() if contains in n]
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1)
+        _fail(exc)
     table = Table("name", "layers", "d", "params", "non-emb", "core", "mu_rec/mu_bwd", f"FLOPs/token ({convention})")
     for r in rows:
         table.add_row(r["name"], r["layers"], str(r["d_model"]), f"{r['params']:,}", f"{r['non_embedding']:,}",
                       f"{r['core']:,}", f"{r['mu_rec']}/{r['mu_bwd']}", f"{r['flops_per_token']:,}")
-    Console().print(table)
+    Console(width=200).print(table)  # wide: exact counts must never be truncated
 
 
 @sweep_app.command("flops")
@@ -123,8 +129,7 @@ def flops_command(
             extra = f"  tokens for {budget:.3g} FLOPs: {tokens_for_budget(budget, fpt):,}" if budget else ""
             typer.echo(f"{convention:>9}: {fpt:,} FLOPs/token (mu_rec={config.mu_rec}, mu_bwd={config.mu_bwd}){extra}")
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1)
+        _fail(exc)
 
 
 # ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
@@ -272,11 +277,6 @@ _EFF = _Ann[str, typer.Option("--effective-params", help="N(mu): 'unrolled' (non
 _NC = _Ann[_Opt[float], typer.Option("--non-core", help="non-core params (else column non_core_params)")]
 _CORE = _Ann[_Opt[float], typer.Option("--core", help="core params (else column core_params)")]
 _PCOL = _Ann[str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=1)
 
 
 @fit_app.command("isoflop")
