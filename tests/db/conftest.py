@@ -6,10 +6,8 @@ the Debian package if needed); if it cannot start, PostgreSQL cases skip with th
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,6 +19,11 @@ from sqlalchemy.engine import make_url
 from parcae_scaling.db import RunRecord, Store
 
 SERVICE = Path(__file__).resolve().parents[1] / "services" / "postgres.sh"
+_service_spec = importlib.util.spec_from_file_location(
+    "parcae_test_services", Path(__file__).resolve().parents[1] / "services" / "service.py")
+_service = importlib.util.module_from_spec(_service_spec)
+_service_spec.loader.exec_module(_service)
+running_service = _service.running_service
 
 
 @pytest.fixture(scope="session")
@@ -31,23 +34,8 @@ def postgres_server() -> Iterator[str]:
     if external:
         yield external
         return
-    workdir = tempfile.mkdtemp(prefix="parcae-pg-")
-    Path(workdir).chmod(0o755)
-    try:
-        proc = subprocess.run(
-            ["bash", str(SERVICE), "start", workdir], capture_output=True, text=True, timeout=600
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip(f"PostgreSQL test server could not start: {err}")
-    if proc.returncode != 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip(f"PostgreSQL test server could not start: {proc.stderr.strip()[-500:]}")
-    try:
-        yield proc.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(SERVICE), "stop", workdir], capture_output=True, timeout=120)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_service(SERVICE, "PostgreSQL test server", start_timeout_s=600, world_readable=True) as url:
+        yield url
 
 
 @pytest.fixture

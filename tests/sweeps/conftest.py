@@ -6,10 +6,8 @@ if missing, root only); SLURM tests skip with the reason when it cannot start.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +18,11 @@ import yaml
 from parcae_scaling.db import RunStatus, Store
 
 SLURM_SERVICE = Path(__file__).resolve().parents[1] / "services" / "slurm.sh"
+_service_spec = importlib.util.spec_from_file_location(
+    "parcae_test_services", Path(__file__).resolve().parents[1] / "services" / "service.py")
+_service = importlib.util.module_from_spec(_service_spec)
+_service_spec.loader.exec_module(_service)
+running_service = _service.running_service
 
 
 def _tiny_spec(name: str = "tiny", **changes: Any) -> dict[str, Any]:
@@ -88,24 +91,13 @@ def slurm_cluster() -> Iterator[str]:
     """SLURM_CONF path of a private single-node cluster (exported for submitit's sbatch/squeue)."""
     if os.geteuid() != 0:
         pytest.skip("the single-node SLURM test cluster needs root (slurmd)")
-    workdir = tempfile.mkdtemp(prefix="parcae-slurm-")
-    try:
-        proc = subprocess.run(["bash", str(SLURM_SERVICE), "start", workdir], capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip(f"SLURM test cluster could not start: {err}")
-    if proc.returncode != 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip(f"SLURM test cluster could not start: {proc.stderr.strip()[-500:]}")
-    conf = proc.stdout.strip().splitlines()[-1]
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    try:
-        yield conf
-    finally:
-        subprocess.run(["bash", str(SLURM_SERVICE), "stop", workdir], capture_output=True, timeout=120)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_service(SLURM_SERVICE, "SLURM test cluster", start_timeout_s=900) as conf:
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = conf
+        try:
+            yield conf
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
