@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from parcae_scaling.model.run_spec import RunSpec
 
@@ -30,16 +30,20 @@ LAUNCH_LOG_FILE = "launch.log"
 _ENTRY = "parcae_scaling.model.dist_launch"
 
 
-def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1) -> list[str]:
-    """The single-node torchrun command line that trains the spec at `spec_path`."""
+def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1, entry: str = _ENTRY,
+                     args: Sequence[str] = ()) -> list[str]:
+    """The single-node torchrun command line that trains the spec at `spec_path` with the per-rank
+    entry module `entry` (`python -m entry SPEC --threads=N *args` on every rank)."""
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-            "--monitor-interval=0.2", "-m", _ENTRY, str(spec_path), f"--threads={threads}"]
+            "--monitor-interval=0.2", "-m", entry, str(spec_path), f"--threads={threads}", *args]
 
 
-def start_local(run: RunSpec, *, threads: int = 1) -> subprocess.Popen[bytes]:
-    """Start `run` on run.nproc_per_node local processes (nodes must be 1); returns torchrun's process."""
+def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start `run` on run.nproc_per_node local processes (nodes must be 1) in a session of their own
+    (kill the group to stop them all); returns torchrun's process. `entry`/`args`: the per-rank
+    module and its extra arguments (default: this module, rank 0 writing the run directory)."""
     if run.nodes != 1:
         raise ValueError(f"RunSpec.nodes is {run.nodes}; a local launch uses one node: use the submitit or "
                          "ray backend for several nodes, or set nodes=1")
@@ -50,8 +54,8 @@ def start_local(run: RunSpec, *, threads: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = open(out / LAUNCH_LOG_FILE, "ab")
     try:
-        return subprocess.Popen(torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads),
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        cmd = torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads, entry=entry, args=args)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     finally:
         log.close()  # the child holds its own descriptor
 
@@ -106,10 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.status == RunStatus.SUCCEEDED else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def slurm_task_layout(run: RunSpec, *, gpus: bool) -> dict[str, int]:
     """submitit parameters for one multi-process run: one SLURM task per rank (each task calls
     the job's function, which trains with `train_run` after model/distributed.py exports the
@@ -130,15 +130,17 @@ def current_rank() -> int:
 
 
 def ray_train_run(run: RunSpec, *, use_gpu: bool = False, cpus_per_worker: float = 1.0,
-                  storage_path: str | None = None) -> None:
+                  storage_path: str | None = None, worker: Callable[[dict[str, Any]], None] | None = None,
+                  config: Mapping[str, Any] | None = None) -> None:
     """Train `run` on run.world_size Ray workers (one placement group) through Ray Train's
-    TorchTrainer, which forms the process group before `train_run` reuses it. Rank 0 writes the
-    run directory's JSON-lines metrics; raises if the run did not succeed."""
+    TorchTrainer, which forms the process group before `train_run` reuses it. Each worker calls
+    `worker({"spec": <run JSON>, **config})`; the default has rank 0 write the run directory's
+    JSON-lines metrics. Raises if the run did not succeed."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
-        _ray_worker, train_loop_config={"spec": run.to_json()},
+        worker or _ray_worker, train_loop_config={**(config or {}), "spec": run.to_json()},
         scaling_config=ScalingConfig(num_workers=run.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -166,3 +168,7 @@ def _ray_worker(config: dict[str, str]) -> None:
         result = train_run(run, NullSink())
     if result.status != RunStatus.SUCCEEDED:
         raise RuntimeError(f"run {run.run_id} ended {result.status.value}: {result.message}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

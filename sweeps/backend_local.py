@@ -3,8 +3,10 @@
 `submit` starts `python -m parcae_scaling.sweeps.backend_local` (the pool) and returns; with
 detach the pool runs in its own session and outlives the caller. The pool heartbeats the runs it
 still holds in its queue (so a killed pool leaves them stale, hence resumable), starts at most
-`max_concurrent` workers, and on a GPU machine gives each worker one GPU via
-CUDA_VISIBLE_DEVICES. A run's job id is `pid:<host>:<pid>` of its worker; cancel sends SIGTERM.
+`max_concurrent` processes, and on a GPU machine gives each process `gpus_per_run` GPUs via
+CUDA_VISIBLE_DEVICES. A data-parallel run of N processes takes N of those slots (and N GPU
+groups); its worker starts the ranks through torchrun (sweeps/ranks.py). A run's job id is
+`pid:<host>:<pid>` of its worker; cancel sends SIGTERM, which the worker passes to its ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Sequence
 
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.run_spec import RunSpec
-from parcae_scaling.sweeps.backend import DispatchOptions, JobHandle, register
+from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle, register
 from parcae_scaling.sweeps.claims import run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
 
@@ -58,10 +60,19 @@ class LocalBackend:
     def submit(self, runs: Sequence[RunSpec], options: DispatchOptions) -> list[JobHandle]:
         if not runs:
             return []
+        cap = options.resources.max_concurrent
+        for r in runs:
+            if r.nodes != 1:
+                raise BackendError(f"run {r.run_id} spans {r.nodes} nodes; the local backend runs on one node: "
+                                   "set resources.nodes: 1, or use --backend submitit or ray")
+            if r.world_size > cap:
+                raise BackendError(f"run {r.run_id} needs {r.world_size} processes but resources.max_concurrent "
+                                   f"(the local pool's process cap) is {cap}; raise max_concurrent to "
+                                   f">= {r.world_size} (or --max-concurrent)")
         log_dir = Path(options.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         manifest = log_dir / f"pool-{os.getpid()}-{time.time_ns()}.json"
-        manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs]}))
+        manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs], "slots": [r.world_size for r in runs]}))
         cmd = [sys.executable, "-m", "parcae_scaling.sweeps.backend_local", "--store", options.store_url,
                "--manifest", str(manifest), "--max-workers", str(options.resources.max_concurrent),
                "--threads", str(options.resources.torch_threads), "--gpus-per-run", str(options.resources.gpus_per_run),
@@ -108,14 +119,16 @@ def _gpu_count() -> int:
 
 
 def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: int, gpus_per_run: int,
-             heartbeat_s: float) -> int:
-    """Run every queued run with at most `max_workers` at once; returns how many failed."""
+             heartbeat_s: float, slots: list[int] | None = None) -> int:
+    """Run every queued run, in order, with at most `max_workers` processes at once (a run of
+    world size N, `slots[i]`, takes N); returns how many failed."""
     store = Store.open(store_url)
+    need = dict(zip(run_ids, slots or [1] * len(run_ids)))
     queue = list(run_ids)
     gpus = list(range(_gpu_count())) if gpus_per_run > 0 else []
-    if gpus:  # GPU packing: never more workers than whole GPU groups
+    if gpus:  # GPU packing: never more processes than whole GPU groups
         max_workers = min(max_workers, len(gpus) // gpus_per_run) or 1
-    running: dict[subprocess.Popen[bytes], list[int]] = {}
+    running: dict[subprocess.Popen[bytes], tuple[list[int], int]] = {}
     failures = 0
     stop = False
 
@@ -128,18 +141,24 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
     while (queue and not stop) or running:
         for proc in [p for p in running if p.poll() is not None]:
             failures += proc.returncode != 0
-            gpus += running.pop(proc)
-        while queue and not stop and len(running) < max_workers:
+            gpus += running.pop(proc)[0]
+        if queue and not stop and not running and need[queue[0]] > max_workers:  # would wait forever
+            run_id = queue.pop(0)
+            store.update_run(run_id, status=RunStatus.FAILED, failure_kind="error",
+                             message=f"needs {need[run_id]} processes x {gpus_per_run} GPU(s) but this machine fits "
+                                     f"{max_workers}; lower resources.nproc_per_node or run it on SLURM/Ray")
+            failures += 1
+        while queue and not stop and sum(n for _, n in running.values()) + need[queue[0]] <= max_workers:
             run_id = queue.pop(0)
             if run_status(store, run_id) is not RunStatus.PENDING:
                 continue  # cancelled (or taken over) while queued: starting a worker would be waste
             env = {**os.environ, HEARTBEAT_ENV: str(heartbeat_s), "OMP_NUM_THREADS": str(threads)}
-            mine = [gpus.pop(0) for _ in range(gpus_per_run)] if gpus else []
+            mine = [gpus.pop(0) for _ in range(gpus_per_run * need[run_id])] if gpus else []
             if mine:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
             cmd = [sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", store_url,
                    "--run-id", run_id, "--threads", str(threads)]
-            running[subprocess.Popen(cmd, env=env)] = mine
+            running[subprocess.Popen(cmd, env=env)] = (mine, need[run_id])
         if stop:
             for proc in running:
                 if proc.poll() is None:
@@ -161,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus-per-run", type=int, default=0)
     p.add_argument("--heartbeat", type=float, default=10.0)
     a = p.parse_args(argv)
-    run_ids = json.loads(Path(a.manifest).read_text())["run_ids"]
-    failed = run_pool(a.store, run_ids, max_workers=a.max_workers, threads=a.threads,
-                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat)
+    manifest = json.loads(Path(a.manifest).read_text())
+    failed = run_pool(a.store, manifest["run_ids"], max_workers=a.max_workers, threads=a.threads,
+                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat, slots=manifest.get("slots"))
     return 1 if failed else 0
 
 

@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import traceback
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from parcae_scaling.db import EvalRow, RunStatus, Store, StoreSink
 from parcae_scaling.model.run_spec import RunSpec
@@ -62,6 +62,8 @@ class _ClassifyingSink:
 def classify(exc: BaseException) -> str:
     import torch
 
+    if getattr(exc, "failure_kind", None):  # already classified (sweeps/ranks.RankFailure: a rank's failure)
+        return str(exc.failure_kind)  # type: ignore[attr-defined]
     if isinstance(exc, (Terminated, SystemExit)):  # SystemExit: submitit's requeue on timeout/preemption
         return "preempted"
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
@@ -108,13 +110,20 @@ def _announce_resume(run: RunSpec) -> None:
 
 
 def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torch_threads: int = 1,
-                heartbeat_s: float | None = None) -> RunStatus:
-    """Train `run` (resuming from its checkpoint) with metrics into the store; returns its final status."""
+                heartbeat_s: float | None = None, train: Callable[..., Any] | None = None) -> RunStatus:
+    """Train `run` (resuming from its checkpoint) with metrics into the store; returns its final status.
+
+    `train(run, sink) -> RunResult` defaults to `train_run` in this process, or for a
+    multi-process run to torchrun on this node (sweeps/ranks.py: rank 0 writes the metrics)."""
     import torch
 
     from parcae_scaling.model.train import train_run
 
     heartbeat_s = heartbeat_s or float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
+    if train is None and run.world_size > 1:
+        from parcae_scaling.sweeps.ranks import torchrun_trainer
+
+        train = torchrun_trainer(store_url, threads=torch_threads, heartbeat_s=heartbeat_s)
     torch.set_num_threads(torch_threads)
     store = Store.open(store_url)
     run_id = run.run_id
@@ -135,7 +144,7 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
         previous = _install_sigterm()
         try:
             with StoreSink(store, flush_interval_s=min(heartbeat_s, 10.0)) as sink:
-                result = train_run(run, _ClassifyingSink(sink))
+                result = (train or train_run)(run, _ClassifyingSink(sink))
             return result.status
         except BaseException as exc:
             kind = classify(exc)
@@ -143,7 +152,7 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
                 return RunStatus.CANCELLED
             status = RunStatus.PREEMPTED if kind == "preempted" else RunStatus.FAILED
             message = f"{type(exc).__name__}: {exc}"
-            if kind == "error":
+            if kind == "error" and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
                 message += "\n" + "".join(traceback.format_exception(exc))[-4000:]
             store.update_run(run_id, status=status, failure_kind=kind, message=message)
             if isinstance(exc, Terminated):
