@@ -65,8 +65,8 @@ def train_one_command(
             run = train_one_spec(model=model, mu_rec=mu_rec, budget_flops=budget_flops,
                                  tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
                                  lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
-                                 output_dir=output_dir)
-        if nproc is not None:
+                                 output_dir=output_dir, nproc_per_node=1 if nproc is None else nproc)
+        if spec and nproc is not None:
             run = run.replace(nproc_per_node=nproc)
         if run.world_size > 1:
             from parcae_scaling.model.dist_launch import launch_local

@@ -44,8 +44,12 @@ def train_one_spec(
     checkpoint_every_steps: int = 0,
     output_dir: str | None = None,
     cache_dir: str | None = None,
+    nproc_per_node: int = 1,
 ) -> RunSpec:
-    """A RunSpec for one run on the embedded corpus; output_dir defaults to runs/train-one-<run id>."""
+    """A RunSpec for one run on the embedded corpus; output_dir defaults to runs/train-one-<run id>.
+
+    nproc_per_node > 1: data-parallel on this node with batch_size (and grad_accum_steps) per
+    process, so the global batch, and with it the run id, grows with the processes."""
     overrides: dict[str, object] = {"seq_len": seq_len}
     if mu_rec is not None and get_config(model).is_looped:  # a transformer has fixed depth
         overrides["mu_rec"] = mu_rec
@@ -59,7 +63,7 @@ def train_one_spec(
         budget_flops=budget_flops, tokens=tokens, batch_size=batch_size, grad_accum_steps=grad_accum_steps,
         optimizer=OptimizerSpec(name=optimizer, lr=lr), data=data, seed=seed,  # type: ignore[arg-type]
         eval_tokens=eval_tokens, metrics_every_steps=metrics_every_steps,
-        checkpoint_every_steps=checkpoint_every_steps,
+        checkpoint_every_steps=checkpoint_every_steps, nproc_per_node=nproc_per_node,
     )
     if output_dir is None:
         spec = spec.replace(output_dir=str(Path("runs") / f"train-one-{spec.run_id}"))

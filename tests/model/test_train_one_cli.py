@@ -68,3 +68,24 @@ def test_train_one_runs_a_run_spec_file(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({**run.to_dict(), "batch_size": 0}))
     bad = _invoke(["--spec", str(tmp_path / "bad.json")])
     assert bad.exit_code == 1 and "RunSpec.batch_size" in bad.output
+
+
+def test_train_one_spec_names_its_dir_after_the_data_parallel_run() -> None:
+    one, two = train_one_spec(), train_one_spec(nproc_per_node=2)
+    assert two.nproc_per_node == 2 and two.run_id != one.run_id  # batch size is per process
+    assert two.output_dir == str(Path("runs") / f"train-one-{two.run_id}")
+
+
+@pytest.mark.timeout(300)
+def test_train_one_nproc_writes_into_the_dir_of_the_run_it_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARCAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    res = _invoke(["--tokens", "2048", "--batch-size", "4", "--seq-len", "64", "--eval-tokens", "1024", "--nproc", "2"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    run_dirs = [p.name for p in (tmp_path / "runs").iterdir()]
+    assert run_dirs == [f"train-one-{summary['run_id']}"]
+    assert summary["status"] == "succeeded" and summary["tokens_trained"] == 2048
+    assert Path(summary["output_dir"]) == Path("runs") / run_dirs[0]
+    bad = _invoke(["--nproc", "0", "--output-dir", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "RunSpec.nproc_per_node" in bad.output
