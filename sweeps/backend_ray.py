@@ -4,6 +4,11 @@
 concurrency cap), or `--address` joins an existing one. A worker process that dies (OOM killer,
 lost node) is retried `retries` times by Ray and resumes from the run's checkpoint. Ray tasks
 share their driver's fate, so this backend does not detach: launch waits.
+
+A data-parallel run (world size N) is a task without resources of its own (the worker: store,
+heartbeat, classification) that trains through Ray Train (model/dist_launch.ray_train_run): one
+placement group of N workers with `cpus_per_run` CPUs (and one GPU when gpus_per_run is 1) each,
+rank 0 writing the store (sweeps/ranks.py).
 """
 
 from __future__ import annotations
@@ -15,15 +20,20 @@ from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
 
 
-def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float) -> str:
+def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float, gpus_per_run: int = 0,
+              cpus_per_run: int = 1) -> str:
     import ray
 
+    from parcae_scaling.sweeps.ranks import ray_trainer
     from parcae_scaling.sweeps.worker import execute_run
 
     task = ray.get_runtime_context().get_task_id()
+    run = RunSpec.from_dict(spec)
+    train = None if run.world_size == 1 else ray_trainer(
+        store_url, threads=torch_threads, heartbeat_s=heartbeat_s, use_gpu=gpus_per_run > 0, cpus_per_worker=cpus_per_run)
     try:
-        status = execute_run(RunSpec.from_dict(spec), store_url, job_id=f"ray:{task}",
-                             torch_threads=torch_threads, heartbeat_s=heartbeat_s)
+        status = execute_run(run, store_url, job_id=f"ray:{task}", torch_threads=torch_threads,
+                             heartbeat_s=heartbeat_s, train=train)
     except Exception:  # recorded in the store by the worker; not a crash worth a Ray retry
         return RunStatus.FAILED.value
     return status.value
@@ -46,16 +56,25 @@ class RayBackend:
         import ray
 
         r = options.resources
+        widest = max(run.world_size for run in runs)
+        if not self.address and widest > r.max_concurrent:
+            raise BackendError(f"ray: a run needs {widest} workers but the private cluster is sized for "
+                               f"resources.max_concurrent = {r.max_concurrent} processes; raise max_concurrent "
+                               f"to >= {widest}, or join a larger cluster with --address")
         if not ray.is_initialized():
             kw: dict[str, Any] = {"address": self.address} if self.address else {
                 "num_cpus": r.max_concurrent * r.cpus_per_run, "num_gpus": r.max_concurrent * r.gpus_per_run,
                 "include_dashboard": False}
             ray.init(**kw, log_to_driver=False, ignore_reinit_error=True)
-        task = ray.remote(_ray_task).options(num_cpus=r.cpus_per_run, num_gpus=r.gpus_per_run,
-                                             max_retries=r.retries, retry_exceptions=False)
+        single = ray.remote(_ray_task).options(num_cpus=r.cpus_per_run, num_gpus=r.gpus_per_run,
+                                               max_retries=r.retries, retry_exceptions=False)
+        # data-parallel: the task only supervises; Ray Train's workers hold the resources
+        multi = ray.remote(_ray_task).options(num_cpus=0, num_gpus=0, max_retries=r.retries, retry_exceptions=False)
         handles = []
         for run in runs:
-            ref = task.remote(run.to_dict(), options.store_url, r.torch_threads, options.heartbeat_s)
+            task = single if run.world_size == 1 else multi
+            ref = task.remote(run.to_dict(), options.store_url, r.torch_threads, options.heartbeat_s,
+                              r.gpus_per_run, r.cpus_per_run)
             job_id = f"ray:{ref.task_id().hex()}"
             self._refs[job_id] = ref
             handles.append(JobHandle(run_id=run.run_id, backend=self.name, job_id=job_id))

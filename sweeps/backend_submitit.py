@@ -5,6 +5,12 @@ pickles it and requeues the job, and on restart the worker resumes from the run'
 checkpoint. `scontrol requeue` (SIGTERM, then a restart) takes the same path. Native states come
 from `squeue` (never `sacct`, which needs accounting storage); a job squeue no longer lists has
 ended, and the store says how.
+
+A data-parallel run (world size N) is one job of `nodes` x `nproc_per_node` tasks, one per rank
+(tasks_per_node, nodes, cpus_per_task, and one GPU per task when gpus_per_run is 1). Every task
+calls the same `SlurmRun`; the process group comes from SLURM's environment (model/distributed.py,
+through submitit's TorchDistributedEnvironment). Task 0 is the worker (store, heartbeat,
+classification, requeue: submitit requeues from task 0 only) and rank 0; the others only train.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from submitit.helpers import Checkpointable
 from parcae_scaling.db import RunStatus
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
+from parcae_scaling.sweeps.spec import ResourceSpec
 
 # squeue %T state -> RunStatus (mapped once, here); unlisted jobs have ended.
 _SLURM_STATES = {
@@ -40,12 +47,35 @@ class SlurmRun(Checkpointable):
         self.torch_threads, self.heartbeat_s = torch_threads, heartbeat_s
 
     def __call__(self) -> str:
-        from parcae_scaling.sweeps.worker import execute_run
+        from parcae_scaling.model.train import train_run
+        from parcae_scaling.sweeps.ranks import train_rank
+        from parcae_scaling.sweeps.worker import _install_sigterm, execute_run
 
         job = submitit.JobEnvironment()
-        status = execute_run(RunSpec.from_dict(self.spec), self.store_url, job_id=f"slurm:{job.job_id}",
-                             torch_threads=self.torch_threads, heartbeat_s=self.heartbeat_s)
+        run = RunSpec.from_dict(self.spec)
+        if job.global_rank != 0:  # a data-parallel rank: trains, never writes the store
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+            _install_sigterm()
+            return train_rank(run, self.store_url, rank=job.global_rank, heartbeat_s=self.heartbeat_s).status.value
+        # This task is the worker, and rank 0 of a data-parallel run (in this process: train_run).
+        status = execute_run(run, self.store_url, job_id=f"slurm:{job.job_id}", torch_threads=self.torch_threads,
+                             heartbeat_s=self.heartbeat_s, train=train_run)
         return status.value
+
+
+def slurm_parameters(r: ResourceSpec, run: RunSpec) -> dict[str, object]:
+    """submitit parameters of one run's job: per-process resources times its SLURM tasks."""
+    from parcae_scaling.model.dist_launch import slurm_task_layout
+
+    params: dict[str, object] = dict(timeout_min=r.time_limit_min, cpus_per_task=r.cpus_per_run,
+                                     mem_gb=r.mem_gb * run.nproc_per_node, nodes=1, tasks_per_node=1)
+    if run.world_size > 1:
+        params.update(slurm_task_layout(run, gpus=r.gpus_per_run > 0))
+    elif r.gpus_per_run:
+        params["gpus_per_node"] = r.gpus_per_run
+    return params
 
 
 class SubmititBackend:
@@ -60,22 +90,25 @@ class SubmititBackend:
             return []
         r = options.resources
         executor = submitit.AutoExecutor(folder=str(Path(options.log_dir) / "submitit"), cluster="slurm")
-        params: dict[str, object] = dict(
-            timeout_min=r.time_limit_min, cpus_per_task=r.cpus_per_run, mem_gb=r.mem_gb,
-            slurm_array_parallelism=r.max_concurrent, name="parcae-sweep",
-        )
-        if r.gpus_per_run:
-            params["gpus_per_node"] = r.gpus_per_run
-        if self.partition or r.partition:
-            params["slurm_partition"] = self.partition or r.partition
-        executor.update_parameters(**params)
+        groups: dict[tuple[int, int], list[RunSpec]] = {}  # one job array per process layout
+        for run in runs:
+            groups.setdefault((run.nproc_per_node, run.nodes), []).append(run)
+        jobs = {}
         try:
-            with executor.batch():
-                jobs = [executor.submit(SlurmRun(run.to_dict(), options.store_url, r.torch_threads, options.heartbeat_s))
-                        for run in runs]
-        except Exception as exc:  # sbatch missing, bad partition, ...
-            raise BackendError(f"submitit could not submit to SLURM: {exc}; check `sinfo` and the partition") from exc
-        return [JobHandle(run_id=run.run_id, backend=self.name, job_id=f"slurm:{job.job_id}") for run, job in zip(runs, jobs)]
+            for group in groups.values():
+                executor.update_parameters(**slurm_parameters(r, group[0]), slurm_array_parallelism=r.max_concurrent,
+                                           name="parcae-sweep",
+                                           **({"slurm_partition": self.partition or r.partition}
+                                              if self.partition or r.partition else {}))
+                with executor.batch():
+                    submitted = [executor.submit(SlurmRun(run.to_dict(), options.store_url, r.torch_threads,
+                                                          options.heartbeat_s)) for run in group]
+                jobs.update({run.run_id: job for run, job in zip(group, submitted)})
+        except Exception as exc:  # sbatch missing, bad partition, too many nodes ...
+            raise BackendError(f"submitit could not submit to SLURM: {exc}; check `sinfo`, the partition and "
+                               "resources.nodes / nproc_per_node") from exc
+        return [JobHandle(run_id=run.run_id, backend=self.name, job_id=f"slurm:{jobs[run.run_id].job_id}")
+                for run in runs]
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, RunStatus | None]:
         proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)

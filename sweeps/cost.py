@@ -1,4 +1,7 @@
-"""Cost estimates for plans: device-hours from planned FLOPs, a peak-FLOP table and an MFU.
+"""Cost estimates for plans: hours from planned FLOPs, a peak-FLOP table and an MFU.
+
+A run on N data-parallel processes (one device each) takes wall-hours = FLOPs / (N x peak x MFU)
+and costs device-hours = wall-hours x N (the estimate assumes perfect scaling).
 
 GPU peaks are the datasheet dense bf16 figures of model/mfu.py. "cpu" is a nominal 50 GFLOP/s
 (the order of one modern core's fp32 matmul); the estimate is a planning aid, not a promise.
@@ -18,3 +21,10 @@ def device_hours(planned_flops: float, *, device: str, mfu: float) -> float:
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
     return planned_flops / (PEAK_FLOPS[device] * mfu) / 3600.0
+
+
+def wall_hours(planned_flops: float, *, device: str, mfu: float, devices: int = 1) -> float:
+    """Hours a run of `devices` data-parallel processes (one device each) needs for `planned_flops`."""
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
+    return device_hours(planned_flops, device=device, mfu=mfu) / devices

@@ -54,10 +54,22 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _with_defaults(stored: dict | None) -> dict | None:
+    """A recorded spec with the fields added since it was recorded at their defaults, so that a
+    new optional field (e.g. resources.nproc_per_node) is not mistaken for config drift."""
+    if stored is None:
+        return None
+    try:
+        return spec_from_dict(stored, source="<recorded>").to_dict()
+    except ValueError:
+        return stored  # compare as stored: the drift error then names what differs
+
+
 def record_plan(store: Store, plan: Plan, *, allow_drift: bool = False) -> int:
     """Record the sweep (config-drift guard) and its not-yet-recorded runs; returns how many were new."""
     spec_dict = plan.spec.to_dict()
-    stored = sweep_spec(store, plan.sweep)
+    raw = sweep_spec(store, plan.sweep)
+    stored = _with_defaults(raw)
     if stored is not None and stored != spec_dict and not allow_drift:
         raise ConfigDriftError(
             f"{plan.spec.source}: sweep {plan.sweep!r} is recorded with a different spec (changed: "
@@ -71,7 +83,8 @@ def record_plan(store: Store, plan: Plan, *, allow_drift: bool = False) -> int:
             f"{plan.spec.source}: {len(elsewhere)} run(s) of sweep {plan.sweep!r} are already recorded in sweep "
             f"{other!r} (e.g. {rid}); a run id names its content, so identical runs cannot belong to two sweeps; "
             "change a seed or the recipe, or use a separate store (--store)")
-    store.record_sweep(plan.sweep, spec_dict, replace=allow_drift)
+    # the same spec, stored before new optional fields existed: rewrite it in full
+    store.record_sweep(plan.sweep, spec_dict, replace=allow_drift or (raw != spec_dict and stored == spec_dict))
     existing = set(existing_sweeps)
     new = [run_record_from_spec(r.run, sweep=plan.sweep) for r in plan.runs if r.run_id not in existing]
     return store.record_runs(new)

@@ -4,7 +4,10 @@ Axes (models, budgets_flops or tokens, mu_rec, seeds) are crossed, except those 
 `zip`, which are paired elementwise. Transformer configs have fixed depth, so the mu_rec axis
 collapses to 1 for them. Tokens follow the RunSpec token rule (`plan_tokens`): floor(budget /
 FLOPs per token), floored to whole optimizer steps. Run ids are `RunSpec.run_id`: a hash of the
-resolved spec and the package version, so planning twice gives the same ids.
+resolved spec and the package version, so planning twice gives the same ids. A data-parallel
+layout (`resources.nproc_per_node` x `nodes`) splits each step's micro-batches over the processes
+(`RunSpec.with_world_size`): ids and tokens stay those of the 1-process run, and the cost is
+shown as wall-hours and device-hours = wall-hours x processes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from parcae_scaling.model.config import ModelConfig, get_config
 from parcae_scaling.model.params import parameter_breakdown
 from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
-from parcae_scaling.sweeps.cost import device_hours
+from parcae_scaling.sweeps.cost import wall_hours
 from parcae_scaling.sweeps.spec import SpecError, SweepSpec
 
 MIN_STEPS_OK = 20  # fewer optimizer steps than this: the schedule barely runs
@@ -40,14 +43,21 @@ class PlannedRun:
     tokens: int
     steps: int
     planned_flops: int
-    device_hours: float
+    processes: int  # data-parallel ranks (devices) of the run: nproc_per_node x nodes
+    nodes: int
+    wall_hours: float
     problems: tuple[str, ...] = ()
+
+    @property
+    def device_hours(self) -> float:
+        return self.wall_hours * self.processes
 
     def row(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "model": self.model_size, "params": self.params_total,
             "mu_rec": self.run.mu_rec, "mu_bwd": self.run.mu_bwd, "budget_flops": self.budget_flops,
             "flops_per_token": self.flops_per_token, "tokens": self.tokens, "steps": self.steps,
+            "processes": self.processes, "nodes": self.nodes, "wall_hours": self.wall_hours,
             "device_hours": self.device_hours, "seed": self.run.seed, "problems": "; ".join(self.problems),
         }
 
@@ -72,6 +82,11 @@ class Plan:
     @property
     def total_device_hours(self) -> float:
         return sum(r.device_hours for r in self.runs)
+
+    @property
+    def total_wall_hours(self) -> float:
+        """Wall-hours if the runs ran one after another."""
+        return sum(r.wall_hours for r in self.runs)
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -129,10 +144,12 @@ def _combinations(spec: SweepSpec, models: tuple[str, ...], zipped: tuple[str, .
 
 @functools.lru_cache(maxsize=65536)
 def _token_plan(model: ModelConfig, convention: str, budget: float | None, tokens: int | None, batch: int,
-                accum: int) -> TokenPlan:
-    """plan_tokens depends on these fields only; memoised because sweeps repeat them a lot."""
+                global_micro_batches: int) -> TokenPlan:
+    """plan_tokens depends on these fields only (the layout only through the global batch);
+    memoised because sweeps repeat them a lot."""
     return plan_tokens(RunSpec(model=model, output_dir="-", flop_convention=convention,  # type: ignore[arg-type]
-                               budget_flops=budget, tokens=tokens, batch_size=batch, grad_accum_steps=accum))
+                               budget_flops=budget, tokens=tokens, batch_size=batch,
+                               grad_accum_steps=global_micro_batches))
 
 
 def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[RunSpec, str]:
@@ -150,6 +167,9 @@ def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[Ru
         eval_recurrences=r.eval_recurrences, eval_tokens=r.eval_tokens, precision=r.precision, device=r.device,
     )
     run_id = run.run_id
+    res = spec.resources
+    if res.world_size > 1:  # placement only: same global batch, same id (checked by the spec)
+        run = run.with_world_size(res.nproc_per_node, res.nodes)
     return run.replace(output_dir=str(output_root / run_id)), run_id
 
 
@@ -157,7 +177,7 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     field_name = "budgets_flops" if run.budget_flops is not None else "tokens"
     try:
         tp = _token_plan(run.model, run.flop_convention, run.budget_flops, run.tokens, run.batch_size,
-                         run.grad_accum_steps)
+                         run.global_micro_batches)
     except ValueError as exc:
         raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc}",
                         "raise the budget or lower recipe.batch_size / model_overrides.seq_len") from None
@@ -173,8 +193,9 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     return PlannedRun(
         run=run, run_id=run_id, model_size=run.model.name, family=run.model.family, params_total=total,
         params_non_embedding=non_emb, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
-        tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops,
-        device_hours=device_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu),
+        tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops, processes=run.world_size, nodes=run.nodes,
+        wall_hours=wall_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu,
+                              devices=run.world_size),
         problems=tuple(problems),
     )
 

@@ -21,21 +21,33 @@ def _si(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _layouts(plan: Plan) -> str:
+    """The distinct process layouts of a plan's runs, e.g. "2 processes on 1 node"."""
+    shapes = sorted({(r.processes, r.nodes) for r in plan.runs})
+    return ", ".join(f"{p} process{'es' if p > 1 else ''} on {n} node{'s' if n > 1 else ''}" for p, n in shapes) or "-"
+
+
 def plan_table(plan: Plan) -> Group:
     spec = plan.spec
     t = Table(title=f"plan {plan.sweep!r} ({spec.source})")
+    device = spec.resources.device
     for col in ("run id", "size", "params", "mu_rec", "mu_bwd", "budget", "FLOPs/token", "tokens", "steps",
-                f"{spec.resources.device}-hours", "problems"):
+                "procs", "nodes", "wall-hours", f"{device}-hours", "problems"):
         t.add_column(col, justify="left" if col in ("run id", "size", "problems") else "right")
     for r in plan.runs:
         t.add_row(r.run_id, r.model_size, f"{r.params_total:,}", str(r.run.mu_rec), str(r.run.mu_bwd),
                   _si(r.budget_flops), f"{r.flops_per_token:,}", f"{r.tokens:,}", f"{r.steps:,}",
-                  f"{r.device_hours:.3g}", "; ".join(r.problems))
+                  str(r.processes), str(r.nodes), f"{r.wall_hours:.3g}", f"{r.device_hours:.3g}",
+                  "; ".join(r.problems))
     totals = Table.grid(padding=(0, 2))
     totals.add_row("runs", f"{len(plan.runs):,}")
     totals.add_row("FLOPs", f"{plan.total_flops:.4g}")
     totals.add_row("tokens", f"{plan.total_tokens:,}")
-    totals.add_row(f"{spec.resources.device}-hours", f"{plan.total_device_hours:.4g} (at MFU {spec.resources.mfu:g})")
+    totals.add_row("processes", f"{sum(r.processes for r in plan.runs):,} over all runs "
+                                f"(per run: {_layouts(plan)})")
+    totals.add_row("wall-hours", f"{plan.total_wall_hours:.4g} (runs one after another)")
+    totals.add_row(f"{device}-hours", f"{plan.total_device_hours:.4g} (wall-hours x processes, "
+                                      f"at MFU {spec.resources.mfu:g})")
     totals.add_row("flagged", f"{len(plan.problems)} problem(s)")
     return Group(t, totals)
 

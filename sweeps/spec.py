@@ -18,6 +18,13 @@ become baselines on the same budgets. Every error names the file, the field and 
     recipe: {batch_size: 16, optimizer: {name: adamw, lr: 3e-3}, schedule: {cooldown_frac: 0.5}}
     data: {source: embedded, tokenizer: byte}
     resources: {cpus_per_run: 1, max_concurrent: 2, device: cpu, mfu: 0.3}
+
+Data-parallel runs: `resources: {nproc_per_node: 2, nodes: 1}` trains every run on 2 processes
+(torchrun locally, 2 SLURM tasks, 2 Ray Train workers). The process layout is placement, not
+science: the global batch stays batch_size x grad_accum_steps sequences and the processes split
+the accumulation steps, so grad_accum_steps must be a multiple of nproc_per_node x nodes, and run
+ids, tokens and losses do not depend on the layout. cpus_per_run, gpus_per_run (0 or 1) and
+mem_gb are per process.
 """
 
 from __future__ import annotations
@@ -52,8 +59,8 @@ class SpecError(ValueError):
 class RecipeSpec:
     """How each run trains (everything in a RunSpec that is not model, budget, seed or data)."""
 
-    batch_size: int = 16
-    grad_accum_steps: int = 1
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step, over all processes of a run
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     eval_recurrences: tuple[int, ...] | None = None
@@ -67,18 +74,28 @@ class RecipeSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ResourceSpec:
-    """What each run asks of a backend, and the assumptions of the cost estimate."""
+    """What each run asks of a backend, and the assumptions of the cost estimate.
+
+    cpus_per_run, gpus_per_run and mem_gb are per process; a run has nproc_per_node x nodes."""
 
     cpus_per_run: int = 1
     gpus_per_run: int = 0
     mem_gb: float = 4.0
-    max_concurrent: int = 2  # local pool size / SLURM array throttle / Ray in-flight cap
+    # local pool / private Ray cluster: processes at once (a 2-process run takes 2); SLURM: array jobs
+    max_concurrent: int = 2
     partition: str | None = None
     time_limit_min: int = 60
     torch_threads: int = 1
     device: str = "cpu"  # key of PEAK_FLOPS for the device-hour estimate
     mfu: float = 0.3  # assumed model FLOP utilisation for the estimate
     retries: int = 2  # Ray: retries of crashed workers
+    nproc_per_node: int = 1  # data-parallel processes per node (one GPU each when gpus_per_run is 1)
+    nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Processes per run."""
+        return self.nproc_per_node * self.nodes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,8 +262,9 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
     recipe = RecipeSpec(**{**recipe_raw, "optimizer": opt, "schedule": sched})
     data = _sub(src, "data.", raw.get("data"), DataSpec)
     resources = _sub(src, "resources.", raw.get("resources"), ResourceSpec)
-    for key in ("cpus_per_run", "max_concurrent", "time_limit_min", "torch_threads"):
+    for key in ("cpus_per_run", "max_concurrent", "time_limit_min", "torch_threads", "nproc_per_node", "nodes"):
         _numbers(src, f"resources.{key}", getattr(resources, key), integer=True, minimum=1, strict=False)
+    _check_layout(src, resources, recipe)
     if not 0 < resources.mfu <= 1:
         raise SpecError(src, "resources.mfu", f"{resources.mfu!r} is not in (0, 1]", "use e.g. 0.3")
     from parcae_scaling.sweeps.cost import PEAK_FLOPS
@@ -259,6 +277,22 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
         flop_convention=convention, zip=zipped, seeds=seeds, recipe=recipe, data=data, resources=resources,
         output_root=str(raw.get("output_root", "runs")), description=str(raw.get("description", "")), source=src,
     )
+
+
+def _check_layout(src: str, resources: ResourceSpec, recipe: RecipeSpec) -> None:
+    """A data-parallel layout must split the global batch evenly and use one GPU per process."""
+    world = resources.world_size
+    if world == 1:
+        return
+    if recipe.grad_accum_steps % world:
+        raise SpecError(src, "resources.nproc_per_node",
+                        f"{resources.nproc_per_node} x {resources.nodes} node(s) = {world} processes do not divide "
+                        f"recipe.grad_accum_steps = {recipe.grad_accum_steps} (the global batch is batch_size x "
+                        "grad_accum_steps sequences, split over the processes)",
+                        f"set recipe.grad_accum_steps to a multiple of {world} (e.g. {world}), or use fewer processes")
+    if resources.gpus_per_run > 1:
+        raise SpecError(src, "resources.gpus_per_run", f"{resources.gpus_per_run} GPUs per process in a data-parallel "
+                        "run (each rank trains on one device)", "set gpus_per_run: 1 (or 0 on CPU) and raise nproc_per_node")
 
 
 def parse_spec_text(text: str, *, fmt: Literal["yaml", "toml"], source: str) -> SweepSpec:
