@@ -189,7 +189,7 @@ class RunSpec:
     seed: int = 0
     metrics_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end
-    eval_recurrences: tuple[int, ...] | None = None  # None: 1, 2, 4, ... <= 2 mu_rec, plus mu_rec
+    eval_recurrences: tuple[int, ...] | None = None  # None: 1 ... max(2 mu_rec, 4)
     eval_tokens: int = 131_072  # validation tokens per recurrence (capped by the split)
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
@@ -354,15 +354,11 @@ class RunSpec:
 
 
 def default_eval_recurrences(mu_rec: int, *, looped: bool = True) -> tuple[int, ...]:
-    """1, 2, 4, ... up to 2*mu_rec, plus mu_rec itself; (1,) for a fixed-depth model."""
+    """T = 1 ... 2*mu_rec (REFERENCE.md section 3), at least 1 ... 4 so that every looped run
+    has the four depths a saturating-exponential test-time fit needs; (1,) for a fixed-depth model."""
     if not looped:
         return (1,)
-    out = {mu_rec}
-    t = 1
-    while t <= 2 * mu_rec:
-        out.add(t)
-        t *= 2
-    return tuple(sorted(out))
+    return tuple(range(1, max(2 * mu_rec, 4) + 1))
 
 
 def plan_tokens(run: RunSpec) -> TokenPlan:

@@ -49,8 +49,9 @@ def test_derived_fields_come_from_the_model() -> None:
     spec = _spec(batch_size=8, grad_accum_steps=2)
     assert (spec.mu_rec, spec.mu_bwd, spec.seq_len) == (4, 2, 128)
     assert spec.tokens_per_step == 8 * 2 * 128
-    assert spec.recurrences_to_evaluate() == (1, 2, 4, 8)
-    assert default_eval_recurrences(3) == (1, 2, 3, 4)
+    assert spec.recurrences_to_evaluate() == tuple(range(1, 9))
+    assert default_eval_recurrences(3) == (1, 2, 3, 4, 5, 6)
+    assert default_eval_recurrences(1) == (1, 2, 3, 4)  # a test-time fit needs 4 depths
     assert default_eval_recurrences(1, looped=False) == (1,)
 
 
