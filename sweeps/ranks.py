@@ -141,6 +141,9 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     try:
         train_rank(run, args.store, rank=rank, heartbeat_s=args.heartbeat)
     except BaseException as exc:
+        # torchrun's SIGTERM to the survivors may land while this rank handles its own error: the
+        # report must still be written (a rank without one would count as killed)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         write_report(Path(args.reports), rank, exc)
         traceback.print_exc()
         return 1
