@@ -101,3 +101,92 @@ def slurm_cluster() -> Iterator[str]:
                 os.environ.pop("SLURM_CONF", None)
             else:
                 os.environ["SLURM_CONF"] = old
+
+
+# ---- data-parallel runs: a tiny 2-process spec, its 1-process reference, a write audit ----------
+
+def _dp_spec(budget: float, **resources: Any) -> dict[str, Any]:
+    """One parcae-tiny-48 run on 2 processes (2 micro-batches of 4 per step, one per rank)."""
+    return {"name": "dp", "models": ["parcae-tiny-48"], "model_overrides": {"seq_len": 32}, "budgets_flops": [budget],
+            "mu_rec": [2], "recipe": {"batch_size": 4, "grad_accum_steps": 2, "eval_tokens": 1024,
+                                      "metrics_every_steps": 1, "checkpoint_every_steps": 5},
+            "resources": {"nproc_per_node": 2, "max_concurrent": 2, "mem_gb": 1, "time_limit_min": 10, **resources}}
+
+
+@pytest.fixture
+def dp_spec() -> Callable[..., dict[str, Any]]:
+    return _dp_spec
+
+
+class _LossSink:
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def log_metrics(self, run_id: str, step: int, values: Any) -> None:
+        self.losses[step] = values["loss"]
+
+    def log_evals(self, run_id: str, rows: Any) -> None: ...
+    def update_status(self, run_id: str, status: RunStatus, **kw: Any) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _one_process_reference(spec_path: Path, out: Path) -> tuple[dict[int, float], float]:
+    """(step -> loss, final val loss) of the spec's first run laid out on one process (the same
+    global batch, accumulated), trained in this process."""
+    from parcae_scaling.model.train import train_run
+    from parcae_scaling.sweeps import load_spec, plan
+
+    run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out))
+    sink = _LossSink()
+    result = train_run(run, sink)
+    return sink.losses, float(result.final_val_loss)
+
+
+@pytest.fixture
+def one_process_reference() -> Callable[[Path, Path], tuple[dict[int, float], float]]:
+    return _one_process_reference
+
+
+class WriteAudit:
+    """SQLite triggers recording every attempted store write, duplicates included (BEFORE INSERT
+    fires for rows that ON CONFLICT DO NOTHING then ignores): proves which process wrote what."""
+
+    STATEMENTS = (
+        "CREATE TABLE audit_metrics (run_id TEXT, name TEXT, step INTEGER)",
+        "CREATE TRIGGER audit_m BEFORE INSERT ON metrics BEGIN "
+        "INSERT INTO audit_metrics VALUES (NEW.run_id, NEW.name, NEW.step); END",
+        "CREATE TABLE audit_evals (run_id TEXT, recurrence INTEGER)",
+        "CREATE TRIGGER audit_e BEFORE INSERT ON evals BEGIN "
+        "INSERT INTO audit_evals VALUES (NEW.run_id, NEW.recurrence); END",
+        "CREATE TABLE audit_status (run_id TEXT, status TEXT)",
+        "CREATE TRIGGER audit_s AFTER UPDATE OF status_at ON runs BEGIN "
+        "INSERT INTO audit_status VALUES (NEW.id, NEW.status); END",
+    )
+
+    @classmethod
+    def install(cls, store: Store) -> None:
+        from sqlalchemy import text
+
+        with store.engine.begin() as conn:
+            for stmt in cls.STATEMENTS:
+                conn.execute(text(stmt))
+
+    @staticmethod
+    def read(store: Store) -> dict[str, Any]:
+        """statuses in order; how often each (metric, step) and each eval recurrence was written."""
+        from sqlalchemy import text
+
+        with store.engine.connect() as conn:
+            return {
+                "statuses": [s for (s,) in conn.execute(text("SELECT status FROM audit_status ORDER BY rowid"))],
+                "metric_writes": {n for (n,) in conn.execute(text(
+                    "SELECT COUNT(*) FROM audit_metrics GROUP BY run_id, name, step"))},
+                "eval_writes": dict(conn.execute(text(
+                    "SELECT recurrence, COUNT(*) FROM audit_evals GROUP BY run_id, recurrence")).all()),
+            }
+
+
+@pytest.fixture
+def write_audit() -> type[WriteAudit]:
+    return WriteAudit

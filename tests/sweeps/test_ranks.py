@@ -9,57 +9,17 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from parcae_scaling.db import EvalRow, RunStatus, Store
+from parcae_scaling.db import Store
 from parcae_scaling.model.distributed import NullSink
-from parcae_scaling.model.train import train_run
 from parcae_scaling.sweeps import get_backend, launch, load_spec, plan, resume
 from parcae_scaling.sweeps.backend_local import parse_job_id
 from parcae_scaling.sweeps.ranks import failure_from_reports, rank_sink
 
 RTOL = 1e-5  # 2 ranks vs 1: only the order of float sums in the gradient all-reduce differs
-
-_AUDIT = [  # every attempted write, duplicates included (BEFORE INSERT fires for ignored rows too)
-    "CREATE TABLE audit_metrics (run_id TEXT, name TEXT, step INTEGER)",
-    "CREATE TRIGGER audit_m BEFORE INSERT ON metrics BEGIN "
-    "INSERT INTO audit_metrics VALUES (NEW.run_id, NEW.name, NEW.step); END",
-    "CREATE TABLE audit_evals (run_id TEXT, recurrence INTEGER)",
-    "CREATE TRIGGER audit_e BEFORE INSERT ON evals BEGIN INSERT INTO audit_evals VALUES (NEW.run_id, NEW.recurrence); END",
-    "CREATE TABLE audit_status (run_id TEXT, status TEXT)",
-    "CREATE TRIGGER audit_s AFTER UPDATE OF status_at ON runs BEGIN INSERT INTO audit_status VALUES (NEW.id, NEW.status); END",
-]
-
-
-def _spec(budget: float, **resources: Any) -> dict[str, Any]:
-    return {"name": "dp", "models": ["parcae-tiny-48"], "model_overrides": {"seq_len": 32}, "budgets_flops": [budget],
-            "mu_rec": [2], "recipe": {"batch_size": 4, "grad_accum_steps": 2, "eval_tokens": 1024,
-                                      "metrics_every_steps": 1, "checkpoint_every_steps": 5},
-            "resources": {"nproc_per_node": 2, "max_concurrent": 2, **resources}}
-
-
-class _ListSink:
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
-
-    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
-        self.losses[step] = values["loss"]
-
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None: ...
-    def update_status(self, run_id: str, status: RunStatus, **kw: Any) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def _reference(spec_path: Path, out: Path) -> tuple[dict[int, float], float]:
-    """The same run on one process (accumulating both micro-batches), trained in this process."""
-    run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out))
-    sink = _ListSink()
-    result = train_run(run, sink)
-    return sink.losses, float(result.final_val_loss)
 
 
 def _losses(store: Store, sweep: str) -> dict[int, float]:
@@ -74,30 +34,25 @@ def _assert_close(got: dict[int, float], want: dict[int, float]) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_two_process_local_run_matches_one_process_and_only_rank0_writes(write_spec, store_url, tmp_path) -> None:  # noqa: ANN001
-    path = write_spec(_spec(2.5e9))
+def test_two_process_local_run_matches_one_process_and_only_rank0_writes(
+        write_spec, dp_spec, store_url, tmp_path, write_audit, one_process_reference) -> None:  # noqa: ANN001
+    path = write_spec(dp_spec(2.5e9))
     p = plan(load_spec(path))
     with Store.open(store_url) as store:
-        with store.engine.begin() as conn:
-            for stmt in _AUDIT:
-                conn.execute(text(stmt))
+        write_audit.install(store)
         rep = launch(p, store, get_backend("local"), store_url=store_url, heartbeat_s=1)
         assert rep.unfinished == () and rep.final == {"succeeded": 1}
-        run_id = p.runs[0].run_id
         got = _losses(store, "dp")
         final = store.final_losses("dp")
-        with store.engine.connect() as conn:
-            statuses = [s for (s,) in conn.execute(text("SELECT status FROM audit_status ORDER BY rowid"))]
-            metric_writes = conn.execute(text("SELECT name, step, COUNT(*) FROM audit_metrics GROUP BY name, step")).all()
-            eval_writes = conn.execute(text("SELECT recurrence, COUNT(*) FROM audit_evals GROUP BY recurrence")).all()
+        audit = write_audit.read(store)
     # rank 0 alone wrote: one transition per state, each metric and eval row attempted once
-    assert statuses == ["pending", "running", "succeeded"]
-    assert metric_writes and {n for _, _, n in metric_writes} == {1}
-    assert {rec for rec, _ in eval_writes} == {1, 2, 4} and {n for _, n in eval_writes} == {1}
+    assert audit["statuses"] == ["pending", "running", "succeeded"]
+    assert audit["metric_writes"] == {1}
+    assert audit["eval_writes"] == {t: 1 for t in p.runs[0].run.recurrences_to_evaluate()}
     assert len(got) == p.runs[0].steps
-    want, want_val = _reference(path, tmp_path / "reference")
+    want, want_val = one_process_reference(path, tmp_path / "reference")
     _assert_close(got, want)
-    assert float(final.loc[final["run_id"] == run_id, "eval_loss"].iloc[0]) == pytest.approx(want_val, rel=RTOL)
+    assert float(final["eval_loss"].iloc[0]) == pytest.approx(want_val, rel=RTOL)
 
 
 def test_rank_sink_opens_the_store_on_rank_0_only(tmp_path: Path) -> None:
@@ -156,9 +111,9 @@ def _rank_pid(root: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigkilled_rank_fails_the_run_classified_and_resume_finishes_it(write_spec, store_url, tmp_path,
-                                                                       wait_for) -> None:  # noqa: ANN001
-    path = write_spec(_spec(1.2e10))
+def test_sigkilled_rank_fails_the_run_classified_and_resume_finishes_it(
+        write_spec, dp_spec, store_url, tmp_path, wait_for, one_process_reference) -> None:  # noqa: ANN001
+    path = write_spec(dp_spec(1.2e10))
     p = plan(load_spec(path))
     with Store.open(store_url) as store:
         launch(p, store, get_backend("local"), store_url=store_url, detach=True, heartbeat_s=1)
@@ -181,5 +136,5 @@ def test_sigkilled_rank_fails_the_run_classified_and_resume_finishes_it(write_sp
     logs = "".join(f.read_text(errors="replace") for f in (tmp_path / "runs" / "dp" / "_logs").glob("*.log"))
     resumed_at = [int(m) for m in re.findall(r"resumes from its checkpoint at step (\d+)", logs)]
     assert len(resumed_at) == 1 and 10 <= resumed_at[0] <= killed_at  # from the last checkpoint, not step 0
-    want, _ = _reference(path, tmp_path / "reference")
+    want, _ = one_process_reference(path, tmp_path / "reference")
     _assert_close(got, want)
