@@ -16,10 +16,12 @@ classification, requeue: submitit requeues from task 0 only) and rank 0; the oth
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Sequence
 
 import submitit
+from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable
 
 from parcae_scaling.db import RunStatus
@@ -39,18 +41,42 @@ _SLURM_STATES = {
 }
 
 
+def slurm_timed_out(walltime_s: float, timeout_min: float) -> bool:
+    """submitit's rule (JobEnvironment.has_timed_out): a signal after the guaranteed walltime,
+    min(80% of the limit, the limit minus 10 min), is the time limit; earlier, a preemption."""
+    limit_s = timeout_min * 60
+    return walltime_s >= min(0.8 * limit_s, limit_s - 600)
+
+
 class SlurmRun(Checkpointable):
     """The pickled callable of one SLURM job: run the RunSpec into the store."""
 
-    def __init__(self, spec: dict, store_url: str, torch_threads: int, heartbeat_s: float) -> None:
+    def __init__(self, spec: dict, store_url: str, torch_threads: int, heartbeat_s: float,
+                 timeout_min: float = 60) -> None:
         self.spec, self.store_url = spec, store_url
-        self.torch_threads, self.heartbeat_s = torch_threads, heartbeat_s
+        self.torch_threads, self.heartbeat_s, self.timeout_min = torch_threads, heartbeat_s, timeout_min
+        self._started, self._timed_out = time.time(), False
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        """submitit calls this on SLURM's signal, just before it requeues the job: note whether it
+        is the time limit or a preemption, so the store records the right failure kind."""
+        self._timed_out = slurm_timed_out(time.time() - self._started, self.timeout_min)
+        return super().checkpoint(*args, **kwargs)
+
+    def interruption_kind(self, exc: BaseException) -> str | None:
+        """timeout / preempted for submitit's exits (None: let the worker classify)."""
+        if isinstance(exc, UncompletedJobError) and self._timed_out:
+            return "timeout"  # timed out more often than submitit requeues (max_num_timeout)
+        if isinstance(exc, SystemExit):  # submitit requeued the job and exits this process
+            return "timeout" if self._timed_out else "preempted"
+        return None
 
     def __call__(self) -> str:
         from parcae_scaling.model.train import train_run
         from parcae_scaling.sweeps.ranks import train_rank
         from parcae_scaling.sweeps.worker import _install_sigterm, execute_run
 
+        self._started, self._timed_out = time.time(), False  # a requeued job starts its clock again
         job = submitit.JobEnvironment()
         run = RunSpec.from_dict(self.spec)
         if job.global_rank != 0:  # a data-parallel rank: trains, never writes the store
@@ -61,7 +87,7 @@ class SlurmRun(Checkpointable):
             return train_rank(run, self.store_url, rank=job.global_rank, heartbeat_s=self.heartbeat_s).status.value
         # This task is the worker, and rank 0 of a data-parallel run (in this process: train_run).
         status = execute_run(run, self.store_url, job_id=f"slurm:{job.job_id}", torch_threads=self.torch_threads,
-                             heartbeat_s=self.heartbeat_s, train=train_run)
+                             heartbeat_s=self.heartbeat_s, train=train_run, interruption=self.interruption_kind)
         return status.value
 
 
@@ -102,7 +128,7 @@ class SubmititBackend:
                                               if self.partition or r.partition else {}))
                 with executor.batch():
                     submitted = [executor.submit(SlurmRun(run.to_dict(), options.store_url, r.torch_threads,
-                                                          options.heartbeat_s)) for run in group]
+                                                          options.heartbeat_s, r.time_limit_min)) for run in group]
                 jobs.update({run.run_id: job for run, job in zip(group, submitted)})
         except Exception as exc:  # sbatch missing, bad partition, too many nodes ...
             raise BackendError(f"submitit could not submit to SLURM: {exc}; check `sinfo`, the partition and "

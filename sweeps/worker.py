@@ -110,8 +110,12 @@ def _announce_resume(run: RunSpec) -> None:
 
 
 def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torch_threads: int = 1,
-                heartbeat_s: float | None = None, train: Callable[..., Any] | None = None) -> RunStatus:
+                heartbeat_s: float | None = None, train: Callable[..., Any] | None = None,
+                interruption: Callable[[BaseException], str | None] | None = None) -> RunStatus:
     """Train `run` (resuming from its checkpoint) with metrics into the store; returns its final status.
+
+    `interruption(exc)` lets a backend that knows more name the failure kind (submitit: timeout or
+    preempted); None falls back to `classify`. A SIGTERM or a requeue exit leaves the run PREEMPTED.
 
     `train(run, sink) -> RunResult` defaults to `train_run` in this process, or for a
     multi-process run to torchrun on this node (sweeps/ranks.py: rank 0 writes the metrics)."""
@@ -147,10 +151,11 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
                 result = (train or train_run)(run, _ClassifyingSink(sink))
             return result.status
         except BaseException as exc:
-            kind = classify(exc)
-            if kind == "preempted" and run_status(store, run_id) is RunStatus.CANCELLED:
+            kind = (interruption(exc) if interruption else None) or classify(exc)
+            interrupted = kind == "preempted" or isinstance(exc, (Terminated, SystemExit))
+            if interrupted and run_status(store, run_id) is RunStatus.CANCELLED:
                 return RunStatus.CANCELLED
-            status = RunStatus.PREEMPTED if kind == "preempted" else RunStatus.FAILED
+            status = RunStatus.PREEMPTED if interrupted else RunStatus.FAILED
             message = f"{type(exc).__name__}: {exc}"
             if kind == "error" and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
                 message += "\n" + "".join(traceback.format_exception(exc))[-4000:]

@@ -36,7 +36,7 @@ def test_train_one_prints_summary_and_writes_run_dir(tmp_path: Path, monkeypatch
     assert '"final_val_loss"' in res.output and "unigram entropy" in res.output
     contents = read_run_dir(out)
     assert {name for _, _, name, _ in contents.metrics} >= {"loss", "lr", "tokens", "flops", "mfu"}
-    assert sorted(e.recurrence for _, e in contents.evals) == [1, 2, 4]
+    assert sorted(e.recurrence for _, e in contents.evals) == [1, 2, 3, 4]  # T = 1 ... 2 mu_rec
     assert [s.status.value for s in contents.statuses] == ["running", "succeeded"]
 
 
