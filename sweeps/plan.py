@@ -165,11 +165,12 @@ def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[Ru
         optimizer=r.optimizer, schedule=r.schedule, data=spec.data, seed=int(c["seeds"]),
         metrics_every_steps=r.metrics_every_steps, checkpoint_every_steps=r.checkpoint_every_steps,
         eval_recurrences=r.eval_recurrences, eval_tokens=r.eval_tokens, precision=r.precision, device=r.device,
+        compile=r.compile, depth_sampling=r.depth_sampling,
     )
     run_id = run.run_id
     res = spec.resources
     if res.world_size > 1:  # placement only: same global batch, same id (checked by the spec)
-        run = run.with_world_size(res.nproc_per_node, res.nodes)
+        run = run.with_world_size(res.nproc_per_node, res.nodes).replace(sharding=res.sharding)
     return run.replace(output_dir=str(output_root / run_id)), run_id
 
 

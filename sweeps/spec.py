@@ -18,6 +18,10 @@ become baselines on the same budgets. Every error names the file, the field and 
     recipe: {batch_size: 16, optimizer: {name: adamw, lr: 3e-3}, schedule: {cooldown_frac: 0.5}}
     data: {source: embedded, tokenizer: byte}
     resources: {cpus_per_run: 1, max_concurrent: 2, device: cpu, mfu: 0.3}
+    # recipe also takes grad_accum_steps, eval_recurrences, eval_tokens, precision, device,
+    # compile (true: torch.compile per block) and depth_sampling (per_rank | shared);
+    # resources also takes gpus_per_run, mem_gb, partition, time_limit_min, torch_threads,
+    # retries, nproc_per_node, nodes and sharding (ddp | zero).
 
 Data-parallel runs: `resources: {nproc_per_node: 2, nodes: 1}` trains every run on 2 processes
 (torchrun locally, 2 SLURM tasks, 2 Ray Train workers). The process layout is placement, not
@@ -35,7 +39,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -70,6 +74,10 @@ class RecipeSpec:
     checkpoint_every_steps: int = 50
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile each block (inductor; CPU too): faster steps after a warm-up
+    # Data-parallel depth draws: per_rank (each micro-batch its own, any world size trains the same
+    # run) or shared (all ranks the same depths per micro-step: no straggler at the all-reduce).
+    depth_sampling: Literal["per_rank", "shared"] = "per_rank"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +99,7 @@ class ResourceSpec:
     retries: int = 2  # Ray: retries of crashed workers
     nproc_per_node: int = 1  # data-parallel processes per node (one GPU each when gpus_per_run is 1)
     nodes: int = 1
+    sharding: Literal["ddp", "zero"] = "ddp"  # zero: optimizer state sharded over the processes (ZeRO-1)
 
     @property
     def world_size(self) -> int:
@@ -264,6 +273,8 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
     resources = _sub(src, "resources.", raw.get("resources"), ResourceSpec)
     for key in ("cpus_per_run", "max_concurrent", "time_limit_min", "torch_threads", "nproc_per_node", "nodes"):
         _numbers(src, f"resources.{key}", getattr(resources, key), integer=True, minimum=1, strict=False)
+    for where, obj in (("recipe.", recipe), ("resources.", resources)):
+        _check_choices(src, where, obj)
     _check_layout(src, resources, recipe)
     if not 0 < resources.mfu <= 1:
         raise SpecError(src, "resources.mfu", f"{resources.mfu!r} is not in (0, 1]", "use e.g. 0.3")
@@ -279,10 +290,25 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
     )
 
 
+def _check_choices(src: str, where: str, obj: Any) -> None:
+    """Literal-typed fields hold one of their choices, bool fields a YAML true/false."""
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if get_origin(hint) is Literal and value not in get_args(hint):
+            raise SpecError(src, f"{where}{f.name}", f"unknown value {value!r}",
+                            f"use one of {', '.join(map(str, get_args(hint)))}")
+        if hint is bool and not isinstance(value, bool):
+            raise SpecError(src, f"{where}{f.name}", f"{value!r} is not true or false", "write true or false")
+
+
 def _check_layout(src: str, resources: ResourceSpec, recipe: RecipeSpec) -> None:
     """A data-parallel layout must split the global batch evenly and use one GPU per process."""
     world = resources.world_size
     if world == 1:
+        if resources.sharding != "ddp":
+            raise SpecError(src, "resources.sharding", f"{resources.sharding!r} shards over data-parallel processes "
+                            "but a run has 1", "raise resources.nproc_per_node (or nodes), or drop sharding")
         return
     if recipe.grad_accum_steps % world:
         raise SpecError(src, "resources.nproc_per_node",

@@ -29,11 +29,36 @@ def _dp(tiny_spec, nproc: int = 2, nodes: int = 1, accum: int = 2, **resources: 
     ({"nproc": 0}, "resources.nproc_per_node", "use values >= 1"),
     ({"nodes": 0}, "resources.nodes", "use values >= 1"),
     ({"gpus_per_run": 2}, "resources.gpus_per_run", "set gpus_per_run: 1"),
+    ({"sharding": "fsdp"}, "resources.sharding", "use one of ddp, zero"),
+    ({"nproc": 1, "accum": 1, "sharding": "zero"}, "resources.sharding", "raise resources.nproc_per_node"),
 ])
 def test_bad_layouts_name_the_field_and_the_fix(tiny_spec, changes, field, fix) -> None:  # noqa: ANN001
     with pytest.raises(SpecError) as err:
         spec_from_dict(_dp(tiny_spec, **changes), source="dp.yaml")
     assert err.value.field_name == field and fix in str(err.value) and str(err.value).startswith("dp.yaml: ")
+
+
+def test_zero_sharding_and_shared_depths_reach_the_runs(tiny_spec) -> None:  # noqa: ANN001
+    ddp = plan(spec_from_dict(_dp(tiny_spec)))
+    zero = plan(spec_from_dict(_dp(tiny_spec, sharding="zero")))
+    assert {r.run.sharding for r in zero.runs} == {"zero"} and {r.run.sharding for r in ddp.runs} == {"ddp"}
+    assert [r.run_id for r in zero.runs] == [r.run_id for r in ddp.runs]  # placement, not science
+    raw = _dp(tiny_spec)
+    shared = plan(spec_from_dict(raw | {"recipe": {**raw["recipe"], "depth_sampling": "shared", "compile": True}}))
+    assert {(r.run.depth_sampling, r.run.compile) for r in shared.runs} == {("shared", True)}
+    assert not {r.run_id for r in shared.runs} & {r.run_id for r in ddp.runs}  # other depths: other runs
+
+
+@pytest.mark.parametrize(("recipe", "field", "fix"), [
+    ({"depth_sampling": "random"}, "recipe.depth_sampling", "use one of per_rank, shared"),
+    ({"compile": "yes"}, "recipe.compile", "write true or false"),
+    ({"precision": "fp16"}, "recipe.precision", "use one of auto, fp32, bf16"),
+])
+def test_bad_recipe_choices_name_the_field(tiny_spec, recipe, field, fix) -> None:  # noqa: ANN001
+    raw = tiny_spec()
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(raw | {"recipe": {**raw["recipe"], **recipe}}, source="r.yaml")
+    assert err.value.field_name == field and fix in str(err.value)
 
 
 def test_layout_is_placement_same_ids_tokens_and_device_hours(tiny_spec) -> None:  # noqa: ANN001
