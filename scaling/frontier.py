@@ -64,6 +64,7 @@ class FrontierResult:
     points: tuple[FrontierPoint, ...]
     flops_per_token: FlopsPerToken
     sampled_budgets: tuple[float, float]
+    bootstrap_dropped: int = 0  # refits left out of the intervals (a coefficient out of float range)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=True)
@@ -98,8 +99,8 @@ def frontier(
         raise ValueError("budgets_flops must all be > 0")
     mu = np.geomspace(1.0, mu_max, 600)
     theta = law.to_fit_space(fit.params)[None, :]
-    if fit.bootstrap_params:
-        boot = np.array([law.to_fit_space(dict(zip(fit.params, r))) for r in fit.bootstrap_params])
+    boot, dropped = _bootstrap_in_fit_space(fit, law)
+    if len(boot):
         theta = np.vstack([theta, boot])
     lo, hi = sampled_budgets or (budgets.min(), budgets.max())
     points = []
@@ -116,7 +117,23 @@ def frontier(
             baseline_tokens=float(c / flops_per_token(1.0)), extrapolated=bool(c < lo * 0.999 or c > hi * 1.001),
             mu_star_interval=ci(mu_s), loss_star_interval=ci(loss_s), baseline_loss_interval=ci(base)))
     return FrontierResult(law=fit.law, points=tuple(points), flops_per_token=flops_per_token,
-                          sampled_budgets=(float(lo), float(hi)))
+                          sampled_budgets=(float(lo), float(hi)), bootstrap_dropped=dropped)
+
+
+def _bootstrap_in_fit_space(fit: FitResult, law: Law) -> tuple[np.ndarray, int]:
+    """The bootstrap refits in fit space, without those whose log-fitted coefficients left the
+    float range (a refit on few points can drive log E to -1000: E == 0.0 cannot be un-logged)."""
+    rows, dropped = [], 0
+    for r in fit.bootstrap_params:
+        natural = dict(zip(fit.params, r))
+        if all(np.isfinite(v) for v in natural.values()):
+            try:
+                rows.append(law.to_fit_space(natural))
+                continue
+            except ValueError:
+                pass
+        dropped += 1
+    return np.array(rows), dropped
 
 
 @dataclass(frozen=True, kw_only=True)

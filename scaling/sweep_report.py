@@ -123,15 +123,21 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
         sections.append(_attempt(f"Parametric law: {tag}", parametric))
 
         def front() -> Section:
-            if "fit" not in fit_box:
-                raise ValueError("no parametric fit to draw the frontier from (see the section above)")
-            fr = run_frontier(df, fit_box["fit"], out, effective_params=effective_params)
+            title = f"Compute-optimal frontier vs fixed depth: {tag}"
+            # The measured frontier needs only the runs: it is drawn even when the law is not.
             figs = measured_frontier_figure(all_runs if m is None else _with_baselines(all_runs, m), out)
+            measured = tuple(f for f in figs if f.suffix == ".png")
+            if "fit" not in fit_box:
+                return Section(title=title, figures=measured, warnings=(
+                    "no parametric fit (see the section above): only the measured frontier is shown",))
+            fr = run_frontier(df, fit_box["fit"], out, effective_params=effective_params)
             table = pd.DataFrame([{"budget_flops": p.budget_flops, "mu_star": p.mu_star, "tokens_star": p.tokens_star,
                                    "loss_star": p.loss_star, "fixed_depth_loss": p.baseline_loss,
                                    "extrapolated": p.extrapolated} for p in fr.points])
-            return Section(title=f"Compute-optimal frontier vs fixed depth: {tag}", tables=(("frontier", table),),
-                           figures=_pngs(out, "frontier") + tuple(f for f in figs if f.suffix == ".png"))
+            dropped = (f"{fr.bootstrap_dropped} bootstrap refits left out of the intervals (a coefficient "
+                       "beyond float range)",) if fr.bootstrap_dropped else ()
+            return Section(title=title, tables=(("frontier", table),), warnings=dropped,
+                           figures=_pngs(out, "frontier") + measured)
         sections.append(_attempt(f"Compute-optimal frontier vs fixed depth: {tag}", front))
 
         def test_time() -> Section:

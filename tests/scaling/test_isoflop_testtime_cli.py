@@ -94,3 +94,25 @@ def test_cli_bad_input_is_a_clear_error(tmp_path):
     assert res.exit_code == 1 and "mu_rec" in res.output
     res = CliRunner().invoke(fit_app, ["isoflop", "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "exactly one input" in res.output
+
+
+def test_frontier_leaves_out_bootstrap_refits_beyond_float_range():
+    import dataclasses
+
+    from parcae_scaling.scaling.fit import fit_law
+    from parcae_scaling.scaling.frontier import flops_per_token_from_runs, frontier
+    from parcae_scaling.scaling.laws import get_law
+
+    df = synthetic_parcae_sweep(budgets_flops=(1e12, 2e12, 4e12), mu_values=(1, 2, 4, 8))
+    law = get_law("parcae")
+    fit = fit_law(law, df, n_bootstrap=8)
+    names = list(fit.params)
+    underflow = tuple(0.0 if n == "E" else fit.params[n] for n in names)  # log E refit to ~ -1000
+    overflow = tuple(float("inf") if n == "A" else fit.params[n] for n in names)
+    bad = dataclasses.replace(fit, bootstrap_params=fit.bootstrap_params + (underflow, overflow))
+    reference = {c: float(df[c].iloc[0]) for c in law.columns if c not in ("mu_rec", "tokens")}
+    fpt = flops_per_token_from_runs(df)
+    budgets = np.array([1e12, 4e12])
+    good, front = (frontier(f, law, fpt, budgets, reference=reference) for f in (fit, bad))
+    assert (good.bootstrap_dropped, front.bootstrap_dropped) == (0, 2)
+    assert [p.mu_star_interval for p in front.points] == [p.mu_star_interval for p in good.points]
