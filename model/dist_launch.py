@@ -40,6 +40,21 @@ def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int
             "--monitor-interval=0.2", "-m", entry, str(spec_path), f"--threads={threads}", *args]
 
 
+# Exec `argv[2:]` with PR_SET_PDEATHSIG = SIGTERM: a launcher that dies, even by SIGKILL, takes
+# torchrun (which stops its ranks on SIGTERM) with it instead of leaving a run training unseen.
+_PARENT_DEATH_GUARD = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit('parcae: the launcher died before torchrun started'); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _dies_with_this_process(cmd: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _PARENT_DEATH_GUARD, str(os.getpid()), *cmd]
+
+
 def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """Start `run` on run.nproc_per_node local processes (nodes must be 1) in a session of their own
     (kill the group to stop them all); returns torchrun's process. `entry`/`args`: the per-rank
@@ -55,7 +70,8 @@ def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Se
     log = open(out / LAUNCH_LOG_FILE, "ab")
     try:
         cmd = torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads, entry=entry, args=args)
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(_dies_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     finally:
         log.close()  # the child holds its own descriptor
 

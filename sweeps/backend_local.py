@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from parcae_scaling.db import RunStatus, Store
-from parcae_scaling.model.run_spec import RunSpec
+from parcae_scaling.model.run_spec import RunSpec, plan_tokens
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle, register
 from parcae_scaling.sweeps.claims import run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
@@ -69,6 +69,7 @@ class LocalBackend:
                 raise BackendError(f"run {r.run_id} needs {r.world_size} processes but resources.max_concurrent "
                                    f"(the local pool's process cap) is {cap}; raise max_concurrent to "
                                    f">= {r.world_size} (or --max-concurrent)")
+        runs = longest_first(runs)
         log_dir = Path(options.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         manifest = log_dir / f"pool-{os.getpid()}-{time.time_ns()}.json"
@@ -105,6 +106,12 @@ class LocalBackend:
 
 
 register("local", LocalBackend)
+
+
+def longest_first(runs: Sequence[RunSpec]) -> list[RunSpec]:
+    """Queue order: most planned FLOPs per process first (longest-processing-time scheduling), so
+    the pool does not end on one long run while the other slots idle; ties keep the plan's order."""
+    return sorted(runs, key=lambda r: -plan_tokens(r).planned_flops / r.world_size)
 
 
 # ---- the pool process ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from parcae_scaling.cli import sweep_app
 
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.sweeps import ConfigDriftError, cancel, get_backend, launch, load_spec, plan, record_plan
-from parcae_scaling.sweeps.backend_local import _pid_alive, parse_job_id
+from parcae_scaling.sweeps.backend_local import _pid_alive, longest_first, parse_job_id
 
 
 def _launch_cli(spec_path, store_url, *extra: str) -> subprocess.Popen[str]:  # noqa: ANN001
@@ -88,3 +88,14 @@ def test_a_backend_that_cannot_detach_refuses_before_claiming(write_spec, tiny_s
         assert (store.runs("tiny")["status"] == RunStatus.PLANNED.value).all()  # still launchable
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         get_backend("slurm")
+
+
+def test_pool_queue_runs_the_longest_first(tiny_spec, write_spec) -> None:  # noqa: ANN001
+    raw = tiny_spec(budgets_flops=[1e10, 4e10, 2e10])
+    raw["recipe"] = {**raw["recipe"], "grad_accum_steps": 8}
+    runs = [r.run for r in plan(load_spec(write_spec(raw))).runs]
+    queued = longest_first(runs)
+    assert sorted(r.run_id for r in queued) == sorted(r.run_id for r in runs)
+    assert [r.budget_flops for r in queued] == sorted((r.budget_flops for r in runs), reverse=True)
+    spread = [r.with_world_size(8) if r.budget_flops == 4e10 else r for r in runs]  # 8 processes: 1/8 the wall time
+    assert {r.budget_flops for r in longest_first(spread)[-3:]} == {4e10}

@@ -138,3 +138,30 @@ def test_sigkilled_rank_fails_the_run_classified_and_resume_finishes_it(
     assert len(resumed_at) == 1 and 10 <= resumed_at[0] <= killed_at  # from the last checkpoint, not step 0
     want, _ = one_process_reference(path, tmp_path / "reference")
     _assert_close(got, want)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigkilled_worker_takes_torchrun_and_its_ranks_with_it(
+        write_spec, dp_spec, store_url, wait_for) -> None:  # noqa: ANN001
+    p = plan(load_spec(write_spec(dp_spec(1e11))))
+    assert p.runs[0].steps >= 400  # still training long after the kill
+    with Store.open(store_url) as store:
+        launch(p, store, get_backend("local"), store_url=store_url, detach=True, heartbeat_s=1)
+        wait_for(lambda: max(_losses(store, "dp") or {0: 0}) >= 2, what="2 training steps")
+        _, worker = parse_job_id(store.runs("dp")["job_id"].iloc[0])  # type: ignore[misc]
+        launched = [pid for pid in (_rank_pid(worker, 0), _rank_pid(worker, 1), *_children(worker)) if pid]
+        assert len(launched) >= 3, "torchrun and two ranks expected below the worker"
+        os.kill(worker, signal.SIGKILL)  # no handler runs: only the kernel's parent-death signal is left
+        wait_for(lambda: not any(_alive(pid) for pid in launched), timeout_s=60,
+                 what="torchrun and its ranks to stop after their worker was killed")
+        steps = max(_losses(store, "dp"))
+        time.sleep(3)
+        assert max(_losses(store, "dp")) == steps < p.runs[0].steps  # nobody trains (or writes) the run unseen
