@@ -137,7 +137,7 @@ def _one_process_reference(spec_path: Path, out: Path) -> tuple[dict[int, float]
     from parcae_scaling.model.train import train_run
     from parcae_scaling.sweeps import load_spec, plan
 
-    run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out))
+    run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out), sharding="ddp")
     sink = _LossSink()
     result = train_run(run, sink)
     return sink.losses, float(result.final_val_loss)

@@ -55,6 +55,21 @@ def test_two_process_local_run_matches_one_process_and_only_rank0_writes(
     assert float(final["eval_loss"].iloc[0]) == pytest.approx(want_val, rel=RTOL)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_zero_sharded_two_process_sweep_run_matches_one_process(
+        write_spec, dp_spec, store_url, tmp_path, one_process_reference) -> None:  # noqa: ANN001
+    path = write_spec(dp_spec(2.5e9, sharding="zero"))
+    p = plan(load_spec(path))
+    assert p.runs[0].run.sharding == "zero"
+    with Store.open(store_url) as store:
+        rep = launch(p, store, get_backend("local"), store_url=store_url, heartbeat_s=1)
+        assert rep.final == {"succeeded": 1}
+        got = _losses(store, "dp")
+    want, _ = one_process_reference(path, tmp_path / "reference")  # plain AdamW on one process
+    _assert_close(got, want)
+
+
 def test_rank_sink_opens_the_store_on_rank_0_only(tmp_path: Path) -> None:
     unreachable = f"sqlite:///{tmp_path / 'no-such-dir' / 'store.sqlite'}"
     with rank_sink(unreachable, 1, heartbeat_s=1.0) as sink:
