@@ -52,16 +52,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             safe_targets = torch.where(valid_chunk, targets_1d[start:stop], 0).unsqueeze(1)
             # Same rounding as the reference: matmul in the input dtype, then fp32.
             logits, tanh_scaled = _softcapped((h_chunk @ weight.t()).float(), softcap)
-            lse = torch.logsumexp(logits, dim=1)
             target_logit = logits.gather(1, safe_targets).squeeze(1)
+            # Softmax in place, in four passes over the block and no [chunk, vocab] temporary
+            # (torch.logsumexp allocates two): the block stays in cache for the matmuls below.
+            row_max = logits.amax(dim=1, keepdim=True)
+            exp_shifted = logits.sub_(row_max).exp_()
+            row_sum = exp_shifted.sum(dim=1, keepdim=True)
+            lse = (row_max + row_sum.log()).squeeze(1)
             loss_sum += torch.where(valid_chunk, lse - target_logit, 0.0).sum()
             if not (want_h or want_w):
                 continue
-            # dloss/dlogits = (softmax - onehot) / n_valid on valid rows, built in place in `logits`.
-            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()
+            # dloss/dlogits = (softmax - onehot) / n_valid on valid rows, built in place.
             valid_fp32 = valid_chunk.to(torch.float32).unsqueeze(1)
-            grad_logits.scatter_add_(1, safe_targets, -valid_fp32)
-            grad_logits.mul_(valid_fp32 * grad_scale)
+            grad_logits = exp_shifted.mul_(valid_fp32 * grad_scale / row_sum)
+            grad_logits.scatter_add_(1, safe_targets, -valid_fp32 * grad_scale)
             if tanh_scaled is not None:  # d(c·tanh(z/c))/dz = 1 - tanh²
                 grad_logits.mul_(tanh_scaled.mul_(tanh_scaled).neg_().add_(1.0))
                 del tanh_scaled

@@ -29,10 +29,10 @@ def _linear_ce_triton(h, weight, targets, *, ignore_index=-100, softcap=None):
     return linear_cross_entropy_triton(h, weight, targets, ignore_index=ignore_index, softcap=softcap)
 
 
-def _injection_triton(h, e, log_a, dt_bias, b):
+def _injection_triton(h, u, log_a, dt_bias):
     from parcae_scaling.kernels.triton_injection import diagonal_injection_triton
 
-    return diagonal_injection_triton(h, e, log_a, dt_bias, b)
+    return diagonal_injection_triton(h, u, log_a, dt_bias)
 
 
 LINEAR_CE_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
@@ -114,22 +114,21 @@ def _autocast_matmul_inputs(h: torch.Tensor, weight: torch.Tensor) -> tuple[torc
 
 def diagonal_injection(
     h: torch.Tensor,
-    e: torch.Tensor,
+    u: torch.Tensor,
     log_a: torch.Tensor,
     dt_bias: torch.Tensor,
-    b: torch.Tensor,
     *,
     impl: InjectionImpl | None = None,
 ) -> torch.Tensor:
-    """One Parcae injection Ā ⊙ h + Δ ⊙ (e @ bᵀ), with Δ = softplus(dt_bias) and
-    Ā = exp(-Δ·exp(log_a)) (REFERENCE.md §1). h, e: [batch, seq, d]; log_a, dt_bias: [d];
-    b: [d, d]. Differentiable in all five inputs."""
+    """One Parcae injection step Ā ⊙ h + Δ ⊙ u, with u = e @ Bᵀ, Δ = softplus(dt_bias) and
+    Ā = exp(-Δ·exp(log_a)) (REFERENCE.md §1). u does not change between loop steps, so the
+    model computes it once per forward and this op is the elementwise rest.
+    h, u: [batch, seq, d]; log_a, dt_bias: [d]. Differentiable in all four inputs."""
     d = h.shape[-1]
-    if e.shape != h.shape or log_a.shape != (d,) or dt_bias.shape != (d,) or b.shape != (d, d):
+    if u.shape != h.shape or log_a.shape != (d,) or dt_bias.shape != (d,):
         raise ValueError(
-            "diagonal_injection: expected h, e [..., d], log_a and dt_bias [d], b [d, d]; got "
-            f"h {tuple(h.shape)}, e {tuple(e.shape)}, log_a {tuple(log_a.shape)}, "
-            f"dt_bias {tuple(dt_bias.shape)}, b {tuple(b.shape)}"
+            "diagonal_injection: expected h, u [..., d] and log_a, dt_bias [d]; got "
+            f"h {tuple(h.shape)}, u {tuple(u.shape)}, log_a {tuple(log_a.shape)}, dt_bias {tuple(dt_bias.shape)}"
         )
     fn = _pick(INJECTION_IMPLS, impl, h.is_cuda, "reference", "diagonal_injection")
-    return fn(h, e, log_a, dt_bias, b)
+    return fn(h, u, log_a, dt_bias)

@@ -22,10 +22,11 @@ def linear_cross_entropy_reference(
 
 
 def diagonal_injection_reference(
-    h: torch.Tensor, e: torch.Tensor, log_a: torch.Tensor, dt_bias: torch.Tensor, b: torch.Tensor
+    h: torch.Tensor, u: torch.Tensor, log_a: torch.Tensor, dt_bias: torch.Tensor
 ) -> torch.Tensor:
-    """One Parcae injection: Ā ⊙ h + B̄ e with A = -exp(log_A), Δ = softplus(dt_bias),
-    Ā = exp(Δ·A) (zero-order hold) and B̄ = Δ ⊙ B (Euler)."""
+    """One Parcae injection step Ā ⊙ h + Δ ⊙ u, where u = B e (the same on every loop step, so
+    the caller computes it once), A = -exp(log_A), Δ = softplus(dt_bias), Ā = exp(Δ·A)
+    (zero-order hold) and B̄ e = Δ ⊙ B e (Euler)."""
     delta = F.softplus(dt_bias)
     a_bar = torch.exp(-delta * torch.exp(log_a))
-    return a_bar * h + delta * F.linear(e, b)
+    return a_bar * h + delta * u

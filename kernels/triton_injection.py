@@ -1,5 +1,6 @@
 """Triton kernels for the elementwise part of the Parcae injection, out = Ā ⊙ h + Δ ⊙ u,
-with u = e @ bᵀ left to a torch matmul (autograd then gives de and db from du).
+with u = e @ bᵀ left to a torch matmul that the model runs once per forward (autograd then
+gives de and db from du, summed over the loop steps).
 
 Δ = softplus(dt_bias) and Ā = exp(-Δ·exp(log_a)) are recomputed per tile from the two
 [d] vectors instead of being materialised and broadcast. The backward kernel writes
@@ -120,15 +121,14 @@ class _InjectionElementwise(torch.autograd.Function):
 
 def diagonal_injection_triton(
     h: torch.Tensor,
-    e: torch.Tensor,
+    u: torch.Tensor,
     log_a: torch.Tensor,
     dt_bias: torch.Tensor,
-    b: torch.Tensor,
     *,
     blocks: tuple[int, int] = DEFAULT_BLOCKS,
 ) -> torch.Tensor:
-    """Ā ⊙ h + Δ ⊙ (e @ bᵀ) with the elementwise part in Triton; blocks = (BLOCK_R rows,
-    BLOCK_D channels), powers of two."""
+    """Ā ⊙ h + Δ ⊙ u (u = e @ bᵀ, computed once per forward by the caller) in Triton;
+    blocks = (BLOCK_R rows, BLOCK_D channels), powers of two."""
     if any(size < 1 or size & (size - 1) for size in blocks):
         raise ValueError(f"blocks must be powers of two, got {blocks}")
     if not kernels_interpreted() and not h.is_cuda:
@@ -136,4 +136,4 @@ def diagonal_injection_triton(
             "diagonal_injection(impl='triton') needs CUDA tensors; on CPU use impl='reference', "
             "or set TRITON_INTERPRET=1 before importing parcae_scaling.kernels"
         )
-    return _InjectionElementwise.apply(h, F.linear(e, b), log_a, dt_bias, tuple(blocks))
+    return _InjectionElementwise.apply(h, u, log_a, dt_bias, tuple(blocks))

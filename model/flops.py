@@ -16,8 +16,9 @@ Two named conventions, one registry; the convention is part of every run's ident
 `exact` — the matmul FLOPs the model really performs per trained token, at the nominal
   (mu_rec, mu_bwd): forward 2 FLOPs per matmul weight, backward 4 (input and weight
   gradients); loop steps without gradients pay forward only; lookups (token and value
-  embeddings) cost nothing; the injection's B (or W) matmul runs on every loop step; the
-  readout C and the tied head count; attention counts both score and value products over
+  embeddings) cost nothing; the injection's matmul on e (B e, or the adapter's W_e e) runs
+  once per forward, since e does not change between loop steps, and its matmul on h (the
+  adapter's W_h h) on every step; the readout C and the tied head count; attention counts both score and value products over
   the full seq_len x seq_len matrix, as the dense SDPA kernels compute it and as
   torch.utils.flop_counter counts it (a causal flash kernel skips about half of that).
 """
@@ -28,7 +29,8 @@ from typing import Callable, Literal, get_args
 
 from parcae_scaling.model.config import ModelConfig
 from parcae_scaling.model.params import (
-    block_params, injection_matmul_params, parameter_breakdown, segment_layer_indices,
+    block_params, injection_input_matmul_params, injection_state_matmul_params, parameter_breakdown,
+    segment_layer_indices,
 )
 
 FlopConvention = Literal["reference", "exact"]
@@ -58,10 +60,10 @@ def exact_flops_per_token(config: ModelConfig, mu_rec: int, mu_bwd: int, seq_len
     prelude_layers, core_layers, coda_layers = segment_layer_indices(config)
     once_layers = [*prelude_layers, *coda_layers]
     once_matmul = sum(block_params(config, i).matmul for i in once_layers)
-    loop_matmul = sum(block_params(config, i).matmul for i in core_layers) + injection_matmul_params(config)
+    loop_matmul = sum(block_params(config, i).matmul for i in core_layers) + injection_state_matmul_params(config)
     readout_and_head = (config.d_model if config.is_looped else 0) * config.d_model + config.vocab_size * config.d_model
     return (
-        6 * (once_matmul + readout_and_head)
+        6 * (once_matmul + injection_input_matmul_params(config) + readout_and_head)
         + 3 * len(once_layers) * attn
         + (2 * mu_rec + 4 * mu_bwd) * loop_matmul
         + len(core_layers) * attn * (mu_rec + 2 * mu_bwd)

@@ -1,7 +1,9 @@
 """How the prelude output e enters the loop: h_{t+1} = R(inject(h_t, e)).
 
 One registry: `diagonal` (Parcae: stable by construction), `addition` and `concatenation`
-(the unstable prior designs, kept for ablations).
+(the unstable prior designs, kept for ablations). Each splits into `encode(e)`, the part
+that depends on e alone and so runs once per forward, and `forward(h, encoded)`, run on
+every loop step: a loop of T steps then pays for the e-side matmul once, not T times.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ class DiagonalInjection(nn.Module):
     def a_bar(self) -> torch.Tensor:
         return torch.exp(-F.softplus(self.dt_bias) * torch.exp(self.log_a))
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def encode(self, e: torch.Tensor) -> torch.Tensor:
+        return F.linear(e, self.b)  # u = B e; Δ scales it per step, inside the fused op
+
+    def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return kernels.diagonal_injection(h, e, self.log_a, self.dt_bias, self.b)
-        delta = F.softplus(self.dt_bias)
-        return self.a_bar() * h + delta * F.linear(e, self.b)
+            return kernels.diagonal_injection(h, u, self.log_a, self.dt_bias)
+        return self.a_bar() * h + F.softplus(self.dt_bias) * u
 
     def spectral_radius(self) -> torch.Tensor:
         return self.a_bar().max()
@@ -66,6 +70,9 @@ class AdditionInjection(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None, std: float) -> None:
         pass
+
+    def encode(self, e: torch.Tensor) -> torch.Tensor:
+        return e
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return h + e
@@ -84,8 +91,12 @@ class ConcatenationInjection(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None, std: float) -> None:
         trunc_normal_(self.adapter.weight, std, generator)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return self.adapter(torch.cat((h, e), dim=-1))
+    def encode(self, e: torch.Tensor) -> torch.Tensor:
+        return F.linear(e, self.adapter.weight[:, e.shape[-1]:])  # W [h; e] = W_h h + W_e e
+
+    def forward(self, h: torch.Tensor, w_e_e: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(w_e_e.reshape(-1, w_e_e.shape[-1]), h.reshape(-1, h.shape[-1]),
+                           self.adapter.weight[:, : h.shape[-1]].t()).view(h.shape)
 
     def spectral_radius(self) -> torch.Tensor:
         d = self.adapter.weight.shape[0]

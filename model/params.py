@@ -36,12 +36,21 @@ def injection_params(config: ModelConfig) -> int:
     return {"diagonal": 2 * d + d * d, "concatenation": 2 * d * d, "addition": 0}[config.injection]
 
 
-def injection_matmul_params(config: ModelConfig) -> int:
-    """The part of the injection that is a matmul on every loop step (B, or the adapter W)."""
+def injection_input_matmul_params(config: ModelConfig) -> int:
+    """The injection's matmul on e alone (B, or the adapter's e-half W_e): e is the same on
+    every loop step, so this runs once per forward."""
     if not config.is_looped:
         return 0
     d = config.d_model
-    return {"diagonal": d * d, "concatenation": 2 * d * d, "addition": 0}[config.injection]
+    return {"diagonal": d * d, "concatenation": d * d, "addition": 0}[config.injection]
+
+
+def injection_state_matmul_params(config: ModelConfig) -> int:
+    """The injection's matmul on the state h, run on every loop step (the adapter's h-half W_h)."""
+    if not config.is_looped:
+        return 0
+    d = config.d_model
+    return {"diagonal": 0, "concatenation": d * d, "addition": 0}[config.injection]
 
 
 @dataclass(frozen=True, kw_only=True)

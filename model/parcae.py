@@ -3,6 +3,7 @@
     e       = RMSNorm(Prelude(tokens))
     h_0     ~ truncated normal (std = embedding init std, cut at ±3 std)      "like-init"
     h_{t+1} = R(inject(h_t, e))                         R = the recurrent blocks
+              inject(h, e) = Ā ⊙ h + B̄ e: B̄ e is computed once and reused on every step
     logits  = Head(FinalNorm(Coda(C h_T)))             C: linear readout, head tied to the embedding
 """
 
@@ -84,16 +85,16 @@ class ParcaeLM(nn.Module):
         order = torch.argsort(plan.total_steps, descending=True, stable=True)
         sorted_plan = DepthPlan(no_grad_steps=plan.no_grad_steps[order], grad_steps=plan.grad_steps[order])
         order_on_device = order.to(e.device)
-        e_sorted = e.index_select(0, order_on_device)
+        encoded = self.injection.encode(e.index_select(0, order_on_device))
         ves_sorted = {i: ves[i].index_select(0, order_on_device) for i in self._recurrent_ve_layers}
         h = h.index_select(0, order_on_device)
         final_delta = torch.zeros(batch_size, device=e.device)
         with torch.no_grad():
             # Detached inputs: views of grad-requiring tensors made under no_grad would still
             # claim requires_grad and confuse autograd hooks.
-            h = self._run_loop(h, e_sorted.detach(), {i: ve.detach() for i, ve in ves_sorted.items()},
+            h = self._run_loop(h, encoded.detach(), {i: ve.detach() for i, ve in ves_sorted.items()},
                                sorted_plan.no_grad_steps, final_delta, last_phase=False)
-        h = self._run_loop(h, e_sorted, ves_sorted, sorted_plan.grad_steps, final_delta, last_phase=True)
+        h = self._run_loop(h, encoded, ves_sorted, sorted_plan.grad_steps, final_delta, last_phase=True)
         inverse = torch.argsort(order).to(e.device)
         h, final_delta = h.index_select(0, inverse), final_delta.index_select(0, inverse)
 
@@ -112,7 +113,7 @@ class ParcaeLM(nn.Module):
     def _run_loop(
         self,
         h: torch.Tensor,
-        e: torch.Tensor,
+        encoded: torch.Tensor,
         ves: dict[int, torch.Tensor],
         steps: torch.Tensor,
         final_delta: torch.Tensor,
@@ -126,7 +127,7 @@ class ParcaeLM(nn.Module):
         for t in range(counts[0] if counts else 0):
             active = sum(c > t for c in counts)
             h_active = h[:active]
-            h_new = self._step(h_active, e[:active], {i: ve[:active] for i, ve in ves.items()})
+            h_new = self._step(h_active, encoded[:active], {i: ve[:active] for i, ve in ves.items()})
             if last_phase:
                 finishing = [i for i in range(active) if counts[i] == t + 1]
                 if finishing:
@@ -136,8 +137,8 @@ class ParcaeLM(nn.Module):
             h = h_new if active == h.shape[0] else torch.cat((h_new, h[active:]))
         return h
 
-    def _step(self, h: torch.Tensor, e: torch.Tensor, ves: dict[int, torch.Tensor]) -> torch.Tensor:
-        x = self.injection(h, e)
+    def _step(self, h: torch.Tensor, encoded: torch.Tensor, ves: dict[int, torch.Tensor]) -> torch.Tensor:
+        x = self.injection(h, encoded)
         for block in self.recurrent:
             x = block(x, self.rotary, ves.get(block.layer_index))
         return x

@@ -12,16 +12,15 @@ from parcae_scaling.kernels.reference import diagonal_injection_reference
 
 # Odd sizes: 3×11 = 33 rows and 37 channels leave masked tails in both tile dimensions.
 BATCH, SEQ, DIM = 3, 11, 37
-NAMES = ("h", "e", "log_a", "dt_bias", "b")
+NAMES = ("h", "u", "log_a", "dt_bias")
 
 
 def make_inputs(param_dtype=torch.float32, act_dtype=torch.float32):
     h = torch.randn(BATCH, SEQ, DIM, dtype=act_dtype)
-    e = torch.randn(BATCH, SEQ, DIM, dtype=act_dtype)
+    u = torch.randn(BATCH, SEQ, DIM, dtype=act_dtype)  # B e, computed once per forward by the model
     log_a = (torch.randn(DIM) * 0.5).to(param_dtype)
     dt_bias = (torch.randn(DIM) * 2).to(param_dtype)  # both signs: exercises the stable softplus
-    b = (torch.randn(DIM, DIM) / math.sqrt(DIM)).to(act_dtype)
-    return [t.requires_grad_() for t in (h, e, log_a, dt_bias, b)]
+    return [t.requires_grad_() for t in (h, u, log_a, dt_bias)]
 
 
 def output_and_grads(fn, inputs, grad_out):
@@ -59,12 +58,12 @@ def test_triton_bf16_is_as_accurate_as_the_bf16_reference(triton_interpreted, pa
 
 
 def test_reference_is_the_paper_formula_at_init():
-    """log_A = 0 and dt_bias with Ā = sqrt(1/5) (REFERENCE.md §1), B = I:
+    """log_A = 0 and dt_bias with Ā = sqrt(1/5) (REFERENCE.md §1), B = I (so u = B e = e):
     out = sqrt(1/5)·h + Δ·e with Δ = -log(sqrt(1/5))."""
     h, e = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     delta = -math.log(math.sqrt(1 / 5))
     dt_bias = torch.full((8,), math.log(math.expm1(delta)))  # softplus⁻¹(Δ)
-    out = diagonal_injection(h, e, torch.zeros(8), dt_bias, torch.eye(8))
+    out = diagonal_injection(h, e, torch.zeros(8), dt_bias)
     torch.testing.assert_close(out, math.sqrt(1 / 5) * h + delta * e)
 
 
@@ -79,11 +78,11 @@ def test_unknown_impl_and_bad_shapes_raise():
     inputs = make_inputs()
     with pytest.raises(ValueError, match="unknown impl='cuda'"):
         diagonal_injection(*inputs, impl="cuda")
-    h, e, log_a, dt_bias, b = inputs
-    with pytest.raises(ValueError, match="b \\[d, d\\]"):
-        diagonal_injection(h, e, log_a, dt_bias, b[:, :-1])
+    h, u, log_a, dt_bias = inputs
+    with pytest.raises(ValueError, match="h, u \\[..., d\\]"):
+        diagonal_injection(h, u[..., :-1], log_a, dt_bias)
     with pytest.raises(ValueError, match="log_a"):
-        diagonal_injection(h, e, log_a[:-1], dt_bias, b)
+        diagonal_injection(h, u, log_a[:-1], dt_bias)
 
 
 def test_triton_rejects_non_power_of_two_blocks(triton_interpreted):

@@ -105,6 +105,24 @@ def test_diagonal_injection_starts_at_sqrt_one_fifth():
     assert model.injection.spectral_radius().item() == pytest.approx(INITIAL_A_BAR, rel=1e-6)
 
 
+@pytest.mark.parametrize("injection", ["diagonal", "addition", "concatenation"])
+def test_encoding_e_once_gives_each_injections_formula(injection):
+    """The loop computes the e-only part of the injection once per forward; encode + step must
+    still be the formula of REFERENCE.md §1 (and of the ablation baselines) on every step."""
+    model = tiny(injection=injection)
+    with torch.no_grad():
+        for p in model.injection.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    inj, d = model.injection, model.config.d_model
+    h, e = torch.randn(2, 5, d), torch.randn(2, 5, d)
+    expected = {
+        "diagonal": lambda: inj.a_bar() * h + torch.nn.functional.softplus(inj.dt_bias) * (e @ inj.b.t()),
+        "addition": lambda: h + e,
+        "concatenation": lambda: torch.cat((h, e), dim=-1) @ inj.adapter.weight.t(),
+    }[injection]()
+    torch.testing.assert_close(inj(h, inj.encode(e)), expected)
+
+
 def test_diagonal_spectral_radius_is_below_one_for_any_parameter_values():
     """Exactly, Ā < 1 always; in fp32 it holds while the decay rate Δ·exp(log_A) exceeds
     2^-24, i.e. for log_A and dt_bias anywhere in [-8, 8] (far beyond trained values)."""
