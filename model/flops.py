@@ -18,9 +18,10 @@ Two named conventions, one registry; the convention is part of every run's ident
   gradients); loop steps without gradients pay forward only; lookups (token and value
   embeddings) cost nothing; the injection's matmul on e (B e, or the adapter's W_e e) runs
   once per forward, since e does not change between loop steps, and its matmul on h (the
-  adapter's W_h h) on every step; the readout C and the tied head count; attention counts both score and value products over
-  the full seq_len x seq_len matrix, as the dense SDPA kernels compute it and as
-  torch.utils.flop_counter counts it (a causal flash kernel skips about half of that).
+  adapter's W_h h) on every step; the readout C and the tied head count; attention counts
+  both score and value products over the full seq_len x seq_len matrix, as the dense SDPA
+  kernels compute it and as torch.utils.flop_counter counts it (a causal flash kernel skips
+  about half of that).
 """
 
 from __future__ import annotations
