@@ -5,28 +5,54 @@ Argument parsing and printing only; every command calls the library API.
 
 from __future__ import annotations
 
-from typing import NoReturn
+import os
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+# What the library raises for a failure the user can act on: bad input (ValueError: SpecError,
+# ConfigDriftError, ...), the environment (OSError) and failed operations (RuntimeError: the
+# store's StoreError/SchemaError, the backends' BackendError). KeyboardInterrupt is not among them.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+TRACEBACK_ENV = "PARCAE_TRACEBACK"  # =1: let errors through with their traceback (debugging)
+
+
+def _fail(err: BaseException) -> NoReturn:
+    """Print a library error as one `error:` line (newlines collapsed) and exit 1."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one error boundary of every command of both apps: a library error becomes one line."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise  # exit signals, RuntimeErrors themselves: pass on
+        except USER_ERRORS as err:
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            _fail(err)
+
 
 sweep_app = typer.Typer(
     name="parcae-sweep",
     help="Plan, launch and track FLOP-matched sweeps of looped (Parcae) language models.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_ErrorBoundary,
 )
 fit_app = typer.Typer(
     name="parcae-fit",
     help="Fit scaling laws to sweep results and draw publication figures.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_ErrorBoundary,
 )
-
-
-def _fail(err: Exception) -> NoReturn:
-    """Print a library error as a one-line message and exit 1 (no traceback for bad input)."""
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=1)
 
 
 @sweep_app.command("train-one")
@@ -50,7 +76,6 @@ def train_one_command(
 ) -> None:
     """Train one run end to end (default: a tiny Parcae on the embedded corpus) and print its summary."""
     import json
-    from pathlib import Path
 
     import torch
 
@@ -58,24 +83,21 @@ def train_one_command(
     from parcae_scaling.model.train_one import train_one, train_one_spec
 
     torch.set_num_threads(threads)
-    try:
-        if spec:
-            run = RunSpec.from_json(Path(spec).read_text())
-        else:
-            run = train_one_spec(model=model, mu_rec=mu_rec, budget_flops=budget_flops,
-                                 tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
-                                 lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
-                                 output_dir=output_dir, nproc_per_node=1 if nproc is None else nproc)
-        if spec and nproc is not None:
-            run = run.replace(nproc_per_node=nproc)
-        if run.world_size > 1:
-            from parcae_scaling.model.dist_launch import launch_local
+    if spec:
+        run = RunSpec.from_file(spec)
+    else:
+        run = train_one_spec(model=model, mu_rec=mu_rec, budget_flops=budget_flops,
+                             tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
+                             lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
+                             output_dir=output_dir, nproc_per_node=1 if nproc is None else nproc)
+    if spec and nproc is not None:
+        run = run.replace(nproc_per_node=nproc)
+    if run.world_size > 1:
+        from parcae_scaling.model.dist_launch import launch_local
 
-            typer.echo(json.dumps(launch_local(run, threads=threads).to_dict(), indent=2))
-            return
-        out = train_one(run)
-    except (ValueError, OSError, RuntimeError) as exc:
-        _fail(exc)
+        typer.echo(json.dumps(launch_local(run, threads=threads).to_dict(), indent=2))
+        return
+    out = train_one(run)
     r = out.result
     typer.echo(json.dumps(r.to_dict(), indent=2))
     typer.echo(f"data: {out.data_description}")
@@ -98,10 +120,7 @@ def configs_command(
     from parcae_scaling.model import get_config, list_configs
     from parcae_scaling.model.flops import config_summary
 
-    try:
-        rows = [config_summary(get_config(n), convention) for n in list_configs() if contains in n]
-    except ValueError as exc:
-        _fail(exc)
+    rows = [config_summary(get_config(n), convention) for n in list_configs() if contains in n]
     table = Table("name", "layers", "d", "params", "non-emb", "core", "mu_rec/mu_bwd", f"FLOPs/token ({convention})")
     for r in rows:
         table.add_row(r["name"], r["layers"], str(r["d_model"]), f"{r['params']:,}", f"{r['non_embedding']:,}",
@@ -122,14 +141,11 @@ def flops_command(
     from parcae_scaling.model.flops import FLOP_CONVENTIONS, flops_per_token, tokens_for_budget
 
     overrides = {k: v for k, v in {"mu_rec": mu_rec, "mu_bwd": mu_bwd, "seq_len": seq_len}.items() if v is not None}
-    try:
-        config = get_config(name, **overrides)
-        for convention in FLOP_CONVENTIONS:
-            fpt = flops_per_token(config, convention=convention)
-            extra = f"  tokens for {budget:.3g} FLOPs: {tokens_for_budget(budget, fpt):,}" if budget else ""
-            typer.echo(f"{convention:>9}: {fpt:,} FLOPs/token (mu_rec={config.mu_rec}, mu_bwd={config.mu_bwd}){extra}")
-    except ValueError as exc:
-        _fail(exc)
+    config = get_config(name, **overrides)
+    for convention in FLOP_CONVENTIONS:
+        fpt = flops_per_token(config, convention=convention)
+        extra = f"  tokens for {budget:.3g} FLOPs: {tokens_for_budget(budget, fpt):,}" if budget else ""
+        typer.echo(f"{convention:>9}: {fpt:,} FLOPs/token (mu_rec={config.mu_rec}, mu_bwd={config.mu_bwd}){extra}")
 
 
 # ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
@@ -148,22 +164,39 @@ def _sweep_backend(name: str, partition: str | None = None, address: str | None 
     return get_backend(name, **{k: v for k, v in opts.items() if v is not None})
 
 
+def _open_store(url: str, *, write: bool, create: bool = False):  # noqa: ANN202
+    """The store of a command. Only `launch` creates one (a mistyped path must not become an empty
+    store); only write commands migrate an older schema, an SQLite file after copying it aside."""
+    from parcae_scaling.db import Store
+
+    st = Store.open(url, create=create, upgrade=write)
+    if st.backup is not None:
+        typer.echo(f"migrated store {url} to the current schema; its previous copy is {st.backup}", err=True)
+    return st
+
+
 @sweep_app.command("plan")
 def plan_command(spec: str = _SPEC,
-                 budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours.")) -> None:
+                 budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours."),
+                 all_rows: bool = typer.Option(False, "--all", help="Print every run (default: the first and last "
+                                               "runs of a large plan, and the totals).")) -> None:
     """Validate a sweep spec and print its runs, costs and flagged problems (writes nothing)."""
     from rich.console import Console
 
     from parcae_scaling.sweeps import load_spec, plan
-    from parcae_scaling.sweeps.render import plan_table
+    from parcae_scaling.sweeps.render import PLAN_ROWS_SHOWN, plan_table
 
-    try:
-        p = plan(load_spec(spec or "default"))
-        Console(width=200).print(plan_table(p))
-        if budget_hours is not None:
-            p.check_budget(budget_hours)
-    except ValueError as exc:
-        _fail(exc)
+    p = plan(load_spec(spec or "default"))
+    Console(width=200).print(plan_table(p, max_rows=None if all_rows else PLAN_ROWS_SHOWN, more_hint="--all"))
+    if budget_hours is not None:
+        p.check_budget(budget_hours)
+
+
+def _interrupted(sweep: str, store: str) -> NoReturn:
+    """Ctrl-C during launch/resume: one line on what happened and how to continue; exit 130."""
+    typer.echo(f"interrupted: the runs of sweep {sweep} that were stopped or never started are preempted "
+               f"(resumable); continue with: parcae-sweep resume {sweep} --store {store}", err=True)
+    raise typer.Exit(code=130)
 
 
 @sweep_app.command("launch")
@@ -171,26 +204,25 @@ def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--def
                    store: str = _STORE_URL, backend: str = _BACKEND, detach: bool = _DETACH,
                    allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec for a recorded sweep."),
                    budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours."),
-                   max_concurrent: int = typer.Option(None, "--max-concurrent", help="Override resources.max_concurrent."),
+                   max_concurrent: int = typer.Option(None, "--max-concurrent", min=1, help="Override resources.max_concurrent."),
                    partition: str = typer.Option(None, "--partition", help="SLURM partition (submitit)."),
                    address: str = typer.Option(None, "--address", help="Ray cluster address (default: start one)."),
                    heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
     """Record a sweep in the store and dispatch every run not yet done (safe to repeat)."""
     import dataclasses
 
-    from parcae_scaling.db import Store
     from parcae_scaling.sweeps import launch, load_spec, plan
 
-    try:
-        p = plan(load_spec("default" if default or not spec else spec))
-        if budget_hours is not None:
-            p.check_budget(budget_hours)
-        res = p.spec.resources if max_concurrent is None else dataclasses.replace(p.spec.resources, max_concurrent=max_concurrent)
-        with Store.open(store) as st:
+    p = plan(load_spec("default" if default or not spec else spec))
+    if budget_hours is not None:
+        p.check_budget(budget_hours)
+    res = p.spec.resources if max_concurrent is None else dataclasses.replace(p.spec.resources, max_concurrent=max_concurrent)
+    with _open_store(store, write=True, create=True) as st:
+        try:
             rep = launch(p, st, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
                          allow_drift=allow_drift, heartbeat_s=heartbeat, stale_after_s=stale_after, resources=res)
-    except (ValueError, RuntimeError, OSError) as exc:
-        _fail(exc)
+        except KeyboardInterrupt:
+            _interrupted(p.sweep, store)
     typer.echo(f"sweep {rep.sweep}: {rep.planned} runs planned, {rep.newly_recorded} newly recorded, "
                f"{len(rep.dispatched)} dispatched on {backend}" + (" (detached)" if detach else ""))
     typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
@@ -209,11 +241,13 @@ def status_command(sweep: str = typer.Argument(None, help="Sweep name (default: 
     from rich.console import Console
     from rich.live import Live
 
-    from parcae_scaling.db import Store
     from parcae_scaling.sweeps import mark_stale, status_table
     from parcae_scaling.sweeps.render import status_view
 
-    with Store.open(store) as st:
+    with _open_store(store, write=False) as st:
+        if sweep is not None:
+            st.require_sweep(sweep)
+
         def view():  # noqa: ANN202
             mark_stale(st, sweep, stale_after_s=stale_after)
             return status_view(status_table(st, sweep), title=f"sweep {sweep or '(all)'}")
@@ -235,16 +269,15 @@ def resume_command(sweep: str = typer.Argument("default", help="Sweep name in th
                    partition: str = typer.Option(None, "--partition"), address: str = typer.Option(None, "--address"),
                    heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
     """Re-dispatch lost, preempted and retryable failed runs from their checkpoints."""
-    from parcae_scaling.db import Store
     from parcae_scaling.sweeps import load_spec, resume
 
-    try:
-        with Store.open(store) as st:
+    with _open_store(store, write=True) as st:
+        try:
             rep = resume(st, sweep, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
                          include_failed=include_failed, heartbeat_s=heartbeat, stale_after_s=stale_after,
                          spec=load_spec(spec) if spec else None, allow_drift=allow_drift)
-    except (ValueError, RuntimeError, OSError) as exc:
-        _fail(exc)
+        except KeyboardInterrupt:
+            _interrupted(sweep, store)
     typer.echo(f"sweep {sweep}: {len(rep.lost)} lost, {len(rep.dispatched)} re-dispatched on {backend}")
     typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
     if rep.unfinished:
@@ -252,13 +285,18 @@ def resume_command(sweep: str = typer.Argument("default", help="Sweep name in th
 
 
 @sweep_app.command("cancel")
-def cancel_command(sweep: str = typer.Argument(None, help="Sweep name (default: every sweep)."), store: str = _STORE_URL,
-                   run: list[str] = typer.Option(None, "--run", help="Only these run ids.")) -> None:
+def cancel_command(sweep: str = typer.Argument(None, help="Sweep name."), store: str = _STORE_URL,
+                   run: list[str] = typer.Option(None, "--run", help="Only these run ids."),
+                   all_sweeps: bool = typer.Option(False, "--all", help="Every live run of every sweep.")) -> None:
     """Cancel live runs (they stay resumable with `resume --include-failed`)."""
-    from parcae_scaling.db import Store
     from parcae_scaling.sweeps import cancel
 
-    with Store.open(store) as st:
+    if sweep is None and not run and not all_sweeps:  # never cancel everything by omission
+        raise typer.BadParameter("give a sweep name, --run RUN_ID, or --all to cancel every live run of every sweep",
+                                 param_hint="'SWEEP'")
+    with _open_store(store, write=True) as st:
+        if sweep is not None:
+            st.require_sweep(sweep)
         ids = cancel(st, sweep, run_ids=run or None)
     typer.echo(f"cancelled {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
 
@@ -272,7 +310,7 @@ _STORE = _Ann[_Opt[str], typer.Option("--store", help="store URL (instead of a C
 _SWEEP = _Ann[_Opt[str], typer.Option("--sweep", help="sweep name in the store")]
 _OUT = _Ann[_Path, typer.Option("--out", help="output folder for JSON and figures")]
 _MODEL = _Ann[_Opt[str], typer.Option("--model", help="model size to fit when the table holds several")]
-_BOOT = _Ann[int, typer.Option("--bootstrap", help="bootstrap resamples (0 = none)")]
+_BOOT = _Ann[int, typer.Option("--bootstrap", min=0, help="bootstrap resamples (0 = none)")]
 _EFF = _Ann[str, typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or 'column'")]
 _NC = _Ann[_Opt[float], typer.Option("--non-core", help="non-core params (else column non_core_params)")]
 _CORE = _Ann[_Opt[float], typer.Option("--core", help="core params (else column core_params)")]
@@ -286,11 +324,8 @@ def fit_isoflop_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = 
     """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
     from parcae_scaling.scaling.cli_support import looped_runs, read_input
     from parcae_scaling.scaling.report import run_isoflop
-    try:
-        df, source = read_input(csv, store, sweep, model=model)
-        typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
-    except ValueError as err:
-        _fail(err)
+    df, source = read_input(csv, store, sweep, model=model)
+    typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
 
 
 @fit_app.command("parametric")
@@ -302,15 +337,12 @@ def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP
     """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
     from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
     from parcae_scaling.scaling.report import run_parametric
-    try:
-        df, source = read_input(csv, store, sweep, model=model)
-        fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
-                                    effective_params=effective_params(eff, non_core, core, params_column))
-        typer.echo(fit.summary())
-        if "holdout" in extra:
-            typer.echo("  " + extra["holdout"]["summary"])
-    except ValueError as err:
-        _fail(err)
+    df, source = read_input(csv, store, sweep, model=model)
+    fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
+                                effective_params=effective_params(eff, non_core, core, params_column))
+    typer.echo(fit.summary())
+    if "holdout" in extra:
+        typer.echo("  " + extra["holdout"]["summary"])
 
 
 @fit_app.command("test-time")
@@ -319,11 +351,8 @@ def fit_test_time_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP 
     """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
     from parcae_scaling.scaling.cli_support import read_input
     from parcae_scaling.scaling.report import run_test_time
-    try:
-        df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
-        typer.echo(run_test_time(df, out).summary())
-    except ValueError as err:
-        _fail(err)
+    df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
+    typer.echo(run_test_time(df, out).summary())
 
 
 @fit_app.command("frontier")
@@ -333,18 +362,15 @@ def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP =
     """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
     from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
     from parcae_scaling.scaling.report import run_frontier, run_parametric
-    try:
-        df, source = read_input(csv, store, sweep, model=model)
-        e = effective_params(eff, non_core, core, params_column)
-        fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
-        typer.echo(fit.summary())
-        front = run_frontier(looped_runs(df), fit, out, effective_params=e)
-        for p in front.points[:: max(1, len(front.points) // 6)]:
-            tag = " (extrapolated)" if p.extrapolated else ""
-            typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
-                       f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
-    except ValueError as err:
-        _fail(err)
+    df, source = read_input(csv, store, sweep, model=model)
+    e = effective_params(eff, non_core, core, params_column)
+    fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
+    typer.echo(fit.summary())
+    front = run_frontier(looped_runs(df), fit, out, effective_params=e)
+    for p in front.points[:: max(1, len(front.points) // 6)]:
+        tag = " (extrapolated)" if p.extrapolated else ""
+        typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
+                   f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
 
 
 @fit_app.command("report")
@@ -368,13 +394,10 @@ def fit_report_command(csv: _CSV = None, store: _STORE = None,
     from parcae_scaling.scaling.cli_support import effective_params
     from parcae_scaling.scaling.html_report import write_html
     from parcae_scaling.scaling.sweep_report import build_report
-    try:
-        if csv is not None or not sweep:
-            raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
-        rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
-                           n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
-    except ValueError as err:
-        _fail(err)
+    if csv is not None or not sweep:
+        raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
+    rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
+                       n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
     for s in rep.sections:
         typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
         if s.summary:

@@ -1,7 +1,10 @@
 """The experiment store: schema, migrations, the Store API and the sinks workers write through."""
 
 from parcae_scaling.db.engine import DEFAULT_URL
-from parcae_scaling.db.errors import SchemaError, StoreError, UnknownRunError, UnsafeFilesystemError
+from parcae_scaling.db.errors import (
+    NoStoreError, SchemaError, StoreError, StoreUnavailableError, UnknownRunError, UnknownSweepError,
+    UnsafeFilesystemError,
+)
 from parcae_scaling.db.files import RunDirSink, read_run_dir
 from parcae_scaling.db.records import IngestReport, RunRecord
 from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
@@ -9,7 +12,7 @@ from parcae_scaling.db.store import Store
 from parcae_scaling.db.store_sink import StoreSink
 
 __all__ = [
-    "DEFAULT_URL", "EvalRow", "IngestReport", "MetricsSink", "RunDirSink", "RunRecord", "RunStatus",
-    "SchemaError", "Store", "StoreError", "StoreSink", "UnknownRunError", "UnsafeFilesystemError",
-    "read_run_dir",
+    "DEFAULT_URL", "EvalRow", "IngestReport", "MetricsSink", "NoStoreError", "RunDirSink", "RunRecord", "RunStatus",
+    "SchemaError", "Store", "StoreError", "StoreSink", "StoreUnavailableError", "UnknownRunError",
+    "UnknownSweepError", "UnsafeFilesystemError", "read_run_dir",
 ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.pool import StaticPool
 
-from parcae_scaling.db.errors import StoreError, UnsafeFilesystemError
+from parcae_scaling.db.errors import NoStoreError, StoreError, StoreUnavailableError, UnsafeFilesystemError
 
 DEFAULT_URL = "sqlite:///parcae.sqlite"
 # How long an SQLite writer waits for another process's write lock before failing.
@@ -36,7 +37,12 @@ def normalise_url(url: str | URL | None) -> URL:
         url = DEFAULT_URL
     if isinstance(url, str) and "://" not in url:
         url = f"sqlite:///{url}"
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError) as err:  # ValueError: e.g. a port that is not a number
+        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))  # no password in messages
+        raise StoreError(f"{shown!r} is not a store URL ({err}); use sqlite:///path/to/file.sqlite "
+                         "or postgresql://user@host/dbname") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
@@ -85,13 +91,77 @@ def check_sqlite_path(db_path: str, mounts_text: str | None = None) -> None:
         )
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def display_url(url: URL) -> str:
+    """The URL as shown in messages: the password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and (url.database or "") not in ("", ":memory:")
+
+
+def _sqlite_cause(path: Path, text: str) -> StoreError | None:
+    """A one-line StoreError for an SQLite failure the user can fix, or None to leave it be."""
+    low = text.lower()
+    dir_blocked = path.exists() and not os.access(path.parent, os.W_OK)
+    if dir_blocked and ("readonly" in low or "unable to open" in low):
+        # WAL mode keeps FILE-wal and FILE-shm beside the store: even a reader must create them.
+        return StoreError(
+            f"store {path} is in a read-only directory ({text}): SQLite cannot create its -wal/-shm "
+            f"files beside the store; make {path.parent} writable or copy the store to a writable directory")
+    if "readonly" in low or "read-only" in low:
+        return StoreError(
+            f"store {path} is read-only ({text}); make it writable (chmod u+w; chattr -i) or copy it, "
+            "or use a read command (status, parcae-fit) on it")
+    if "malformed" in low:
+        return StoreError(
+            f"store {path} is damaged ({text}); restore a backup or point --store at a new file")
+    if "not a database" in low:
+        return StoreError(
+            f"cannot open {path} as a store: {text}; point --store at a store file or at a new path")
+    if "unable to open" in low:
+        return StoreError(f"cannot open store {path} ({text}); check that the file and its directory are readable "
+                          "and writable")
+    if "database is locked" in low:
+        return StoreUnavailableError(
+            f"store {path} stayed locked by another process for more than {SQLITE_BUSY_TIMEOUT_S:.0f} s; "
+            "retry, or stop the process holding it")
+    if "disk is full" in low or "disk i/o" in low:
+        return StoreError(f"store {path}: {text}; free space on its disk or move the store")
+    return None
+
+
+def _translate_error(url: URL, ctx: ExceptionContext) -> StoreError | None:
+    """Raw driver errors become one-line StoreErrors that name the store (password masked) and the
+    fix, without the SQL. Integrity errors stay as they are: the store handles them itself."""
+    err = ctx.sqlalchemy_exception
+    if ctx.is_pre_ping or isinstance(err, exc.IntegrityError) or not isinstance(err, exc.DBAPIError):
+        return None
+    text = " ".join(str(ctx.original_exception).split())
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_cause(Path(url.database or "").expanduser(), text) if is_sqlite_file(url) else None
+    if ctx.is_disconnect or isinstance(err, (exc.OperationalError, exc.InterfaceError)):
+        return StoreUnavailableError(
+            f"cannot open {display_url(url)} as a store: {text}; check that the server is up and the "
+            "database, user and password exist")
+    return None
+
+
+def _translate_errors(engine: Engine, url: URL) -> Engine:
+    event.listen(engine, "handle_error", lambda ctx: _translate_error(url, ctx))
+    return engine
+
+
+def _sqlite_engine(url: URL, *, create: bool = True) -> Engine:
     database = url.database or ""
     memory = database in ("", ":memory:")
     if not memory:
         path = Path(database).expanduser()
         if not path.parent.exists():
             raise StoreError(f"directory {path.parent} for SQLite store {path} does not exist; create it first")
+        if not create and not path.exists():
+            # sqlite3.connect would create the file: a mistyped path must not become an empty store.
+            raise NoStoreError(f"no store at {path}; check the path (launch creates a store)")
         check_sqlite_path(str(path))
     kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
     if memory:
@@ -121,8 +191,10 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def make_engine(url: str | URL | None) -> Engine:
+def make_engine(url: str | URL | None, *, create: bool = True) -> Engine:
+    """An engine for the store at `url`. `create=False` refuses a missing SQLite file instead of
+    letting SQLite create it."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True)
+        return _translate_errors(_sqlite_engine(parsed, create=create), parsed)
+    return _translate_errors(create_engine(parsed, pool_pre_ping=True), parsed)

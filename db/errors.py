@@ -1,9 +1,13 @@
-"""The store's short exception hierarchy."""
+"""The store's short exception hierarchy.
+
+Every store error is a `RuntimeError` (like the backends' `BackendError`): a failed operation
+whose message names the store and the fix. The CLI turns each into one `error:` line.
+"""
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
+class StoreError(RuntimeError):
     """Base class: the store could not do what was asked; the message says how to fix it."""
 
 
@@ -13,6 +17,21 @@ class SchemaError(StoreError):
 
 class UnsafeFilesystemError(StoreError):
     """An SQLite file on a network file system, where its locking is unreliable."""
+
+
+class NoStoreError(StoreError):
+    """A command that only reads or updates a store was pointed at a place that holds none."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached right now (server down, connection lost, lock held too long).
+    Transient: a writer may retry; a run that gives up is lost to its node, hence resumable."""
+
+    failure_kind = "node_lost"  # read by the worker's classify(): resume re-dispatches the run
+
+
+class UnknownSweepError(StoreError, ValueError):
+    """A sweep name the store has not recorded (a typo, or the wrong store)."""
 
 
 class UnknownRunError(StoreError, KeyError):

@@ -7,6 +7,7 @@ advisory lock), so many processes opening a fresh store at once create it exactl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from alembic import command
 from alembic.config import Config
@@ -14,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
-from parcae_scaling.db.errors import SchemaError
+from parcae_scaling.db.errors import NoStoreError, SchemaError
 from parcae_scaling.db.schema import Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -42,7 +43,8 @@ def current_revision(connection: Connection) -> str | None:
     return heads[0] if len(heads) == 1 else (None if not heads else ",".join(heads))
 
 
-def _check_and_upgrade(conn: Connection, where: str, upgrade: bool) -> str:
+def _check_and_upgrade(conn: Connection, where: str, upgrade: bool, create: bool,
+                       before_upgrade: Callable[[str], None] | None) -> str:
     script = ScriptDirectory.from_config(alembic_config())
     head = head_revision()
     current = current_revision(conn)
@@ -54,6 +56,8 @@ def _check_and_upgrade(conn: Connection, where: str, upgrade: bool) -> str:
                 "parcae-scaling schema version; open a new file or an empty database instead "
                 "(nothing was changed)"
             )
+        if not (create and upgrade):
+            raise NoStoreError(f"no store at {where}; check the path (launch creates a store)")
     elif current == head:
         return head
     else:
@@ -67,15 +71,26 @@ def _check_and_upgrade(conn: Connection, where: str, upgrade: bool) -> str:
         if not upgrade:
             raise SchemaError(
                 f"{where} has the older schema revision {current!r}; this parcae-scaling needs "
-                f"{head!r}. Open it with Store.open(url, upgrade=True) to migrate (back it up first)."
+                f"{head!r}, and reading never migrates: run a write command on it (parcae-sweep resume "
+                "or launch; an SQLite store is backed up first), or Store.open(url, upgrade=True)."
             )
+        if before_upgrade is not None:
+            before_upgrade(current)
     command.upgrade(alembic_config(conn), "head")
     return head
 
 
-def ensure_schema(engine: Engine, *, where: str, upgrade: bool = True) -> str:
-    """Bring an empty or older database to the head revision; refuse foreign or newer ones."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        return _check_and_upgrade(conn, where, upgrade)
+def ensure_schema(engine: Engine, *, where: str, upgrade: bool = True, create: bool = True,
+                  before_upgrade: Callable[[str], None] | None = None) -> str:
+    """Bring an empty or older database to the head revision; refuse foreign or newer ones.
+
+    `upgrade=False` (reading) never changes the database: a missing or older schema is refused.
+    `create=False` refuses an empty database. `before_upgrade(current_revision)` runs before a
+    migration (not before creating a fresh schema), e.g. to back the store up."""
+    with engine.connect() as conn:
+        if not upgrade:  # reading: a deferred transaction, so a long writer does not block the check
+            conn = conn.execution_options(parcae_readonly=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql" and upgrade:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+            return _check_and_upgrade(conn, where, upgrade, create, before_upgrade)

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 from sqlalchemy import Connection, Engine, Select, and_, func, select, table as sql_table
 
-from parcae_scaling.db.schema import Eval, Fit, Metric, Run
+from parcae_scaling.db.errors import UnknownSweepError
+from parcae_scaling.db.schema import Eval, Fit, Metric, Run, Sweep
 from parcae_scaling.db.sink import RunStatus
 
 # Column name -> pandas dtype, per query.
@@ -95,6 +96,19 @@ class StoreQueries:
         if status is not None:
             stmt = stmt.where(Run.status == RunStatus(status).value)
         return self._frame(stmt, RUNS_COLUMNS)
+
+    def sweep_names(self) -> list[str]:
+        """Names of the recorded sweeps, sorted."""
+        with self._read() as conn:
+            return list(conn.execute(select(Sweep.name).order_by(Sweep.name)).scalars())
+
+    def require_sweep(self, sweep: str) -> None:
+        """Refuse a sweep name this store has not recorded, listing the ones it has."""
+        names = self.sweep_names()
+        if sweep not in names:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise UnknownSweepError(f"sweep {sweep!r} is not recorded in {where}; recorded sweeps: "
+                                    f"{', '.join(names) if names else 'none (launch records one)'}")
 
     def run_spec(self, run_id: str) -> dict[str, Any]:
         """The full resolved spec a run was recorded with."""

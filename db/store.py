@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import BigInteger, Connection, Engine, Float, String, bindparam, exc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
-from parcae_scaling.db.engine import make_engine, normalise_url
+from parcae_scaling.db.engine import display_url, is_sqlite_file, make_engine, normalise_url
 from parcae_scaling.db.errors import StoreError, UnknownRunError
 from parcae_scaling.db.files import RUN_DIR_FILES, read_run_dir
 from parcae_scaling.db.migrate import ensure_schema
@@ -63,38 +65,62 @@ def _pg_metric_insert() -> Any:
     )
 
 
+def backup_sqlite(path: Path, revision: str) -> Path:
+    """A consistent copy of an SQLite store (the backup API: WAL contents included) beside it,
+    named after its schema revision; returns the copy's path."""
+    target = path.with_name(f"{path.name}.{revision}.bak")
+    if target.exists():  # an earlier backup of this revision: keep it, add a dated one
+        target = path.with_name(f"{path.name}.{revision}.{datetime.now():%Y%m%d-%H%M%S}.bak")
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return target
+
+
 class Store(StoreQueries, StoreFits):
     """One experiment database. Create with `Store.open(url)`; close when done."""
 
-    def __init__(self, engine: Engine, url: URL) -> None:
+    def __init__(self, engine: Engine, url: URL, *, backup: Path | None = None) -> None:
         self.engine = engine
         self.url = url
+        self.backup = backup  # where open() copied an SQLite store before migrating it, if it did
 
     @classmethod
-    def open(cls, url: str | URL | None = None, *, upgrade: bool = True) -> Store:
+    def open(cls, url: str | URL | None = None, *, upgrade: bool = True, create: bool = True) -> Store:
         """Open (creating or migrating if needed) the store at `url`.
 
         `url`: `sqlite:///path.sqlite` (default `sqlite:///parcae.sqlite`, a bare path also works)
-        or `postgresql://user@host/dbname`. `upgrade=False` refuses an older schema instead of
-        migrating it. Foreign or newer databases are always refused with `SchemaError`.
+        or `postgresql://user@host/dbname`. `create=False` refuses a place that holds no store
+        (`NoStoreError`) instead of creating one there. `upgrade=False` is for readers: it never
+        changes the database, so it refuses both a missing store and an older schema. Migrating an
+        SQLite file first copies it to `<file>.<revision>.bak` (`Store.backup`). Foreign or newer
+        databases are always refused with `SchemaError`. Driver failures arrive as `StoreError`.
         """
         parsed = normalise_url(url)
-        engine = make_engine(parsed)
-        where = parsed.render_as_string(hide_password=True)
+        engine = make_engine(parsed, create=create and upgrade)
+        backups: list[Path] = []
+
+        def before_upgrade(revision: str) -> None:
+            if is_sqlite_file(parsed):
+                backups.append(backup_sqlite(Path(parsed.database or "").expanduser(), revision))
+
         try:
-            ensure_schema(engine, where=where, upgrade=upgrade)
-        except exc.DatabaseError as err:
+            ensure_schema(engine, where=display_url(parsed), upgrade=upgrade, create=create,
+                          before_upgrade=before_upgrade)
+        except exc.DBAPIError as err:  # one the engine's error translation does not know
             engine.dispose()
-            hint = (
-                "if this is not a database file, point Store.open at a new path"
-                if parsed.get_backend_name() == "sqlite"
-                else "check that the server is up and the database, user and password exist"
-            )
-            raise StoreError(f"cannot open {where} as a store: {str(err.orig).strip()}; {hint}") from err
+            raise StoreError(f"cannot open {display_url(parsed)} as a store: {' '.join(str(err.orig).split())}; "
+                             "point --store at a store file, or a PostgreSQL database that is up") from err
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, parsed)
+        return cls(engine, parsed, backup=backups[0] if backups else None)
 
     def close(self) -> None:
         self.engine.dispose()

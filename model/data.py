@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from parcae_scaling.model.corpus import build_stdlib_corpus, cache_root, unigram_entropy_nats
-from parcae_scaling.model.run_spec import DataSpec
+from parcae_scaling.model.run_spec import DataSpec, FieldError
 from parcae_scaling.model.tokenizer import Tokenizer, encode_documents, get_tokenizer, token_dtype_for
 
 HEADER_INTS = 256
@@ -64,7 +64,7 @@ def expand_paths(patterns: Sequence[str], *, field: str) -> list[Path]:
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
-            raise ValueError(f"DataSpec.{field}: {pattern!r} matches no file; check the path or glob")
+            raise FieldError("DataSpec", field, f"{pattern!r} matches no file", "check the path or glob")
         out.extend(Path(m) for m in matches)
     return out
 

@@ -13,10 +13,13 @@ tokens (the global batch); a budget below one step is an error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, get_args
 
 if TYPE_CHECKING:
@@ -38,8 +41,37 @@ _NON_SCIENTIFIC = ("output_dir", "metrics_every_steps", "checkpoint_every_steps"
                    "nproc_per_node", "nodes", "sharding", "dist_backend")
 
 
-def _bad(cls: str, name: str, why: str, fix: str) -> ValueError:
-    return ValueError(f"{cls}.{name}: {why}; {fix}")
+# torch.manual_seed takes seeds in [-2**63, 2**64 - 1]; larger ones fail only at run time.
+MAX_SEED = 2**64 - 1
+
+
+class FieldError(ValueError):
+    """A bad field of a spec type: names the type and field, what is wrong and the fix (kept
+    apart so a sweep spec can re-prefix them with its file and dotted path)."""
+
+    def __init__(self, owner: str, field_name: str, why: str, fix: str) -> None:
+        self.owner, self.field_name, self.why, self.fix = owner, field_name, why, fix
+        super().__init__(f"{owner}.{field_name}: {why}; {fix}")
+
+
+def _bad(cls: str, name: str, why: str, fix: str) -> FieldError:
+    return FieldError(cls, name, why, fix)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_real(cls: str, name: str, value: object, *, low: float, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, fix: str) -> None:
+    """A finite number in the interval (bounds open or closed); a string, bool, nan or inf is refused."""
+    ok = _is_real(value) and (value > low if low_open else value >= low)  # type: ignore[operator]
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high  # type: ignore[operator]
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        where = f"in {lo}{low:g}, {high:g}{hi}" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+        raise _bad(cls, name, f"must be a finite number {where}, got {value!r}", fix)
 
 
 def _check_choice(cls: str, name: str, value: object, choices: Any) -> None:
@@ -48,9 +80,11 @@ def _check_choice(cls: str, name: str, value: object, choices: Any) -> None:
         raise _bad(cls, name, f"unknown value {value!r}", f"choose one of {options}")
 
 
-def _check_positive_int(cls: str, name: str, value: object, *, minimum: int = 1) -> None:
+def _check_positive_int(cls: str, name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise _bad(cls, name, f"must be an integer >= {minimum}, got {value!r}", "give a whole number")
+    if maximum is not None and value > maximum:
+        raise _bad(cls, name, f"{value} is above the largest allowed, {maximum}", f"use an integer <= {maximum}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,16 +116,15 @@ class OptimizerSpec:
         _check_choice(c, "muon_adjust_lr", self.muon_adjust_lr, Literal["original", "match_rms_adamw"])
         for name in ("lr", "matrix_lr", "embedding_lr"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise _bad(c, name, f"must be a positive learning rate, got {v!r}", "use e.g. 3e-3")
+            if v is not None and not (_is_real(v) and v > 0):
+                raise _bad(c, name, f"must be a positive finite learning rate, got {v!r}", "use e.g. 3e-3")
         for name in ("weight_decay", "grad_clip_norm"):
-            if not getattr(self, name) >= 0:
-                raise _bad(c, name, f"must be >= 0, got {getattr(self, name)!r}", "use 0 to disable")
+            _check_real(c, name, getattr(self, name), low=0.0, fix="use 0 to disable")
         for name in ("beta1", "beta2", "muon_momentum"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise _bad(c, name, f"must be in [0, 1), got {getattr(self, name)!r}", "use e.g. 0.9")
-        if not self.eps > 0:
-            raise _bad(c, "eps", f"must be > 0, got {self.eps!r}", "use e.g. 1e-8")
+            _check_real(c, name, getattr(self, name), low=0.0, high=1.0, high_open=True, fix="use e.g. 0.9")
+        _check_real(c, "eps", self.eps, low=0.0, low_open=True, fix="use e.g. 1e-8")
+        if not isinstance(self.muon_nesterov, bool):
+            raise _bad(c, "muon_nesterov", f"{self.muon_nesterov!r} is not true or false", "write true or false")
         _check_positive_int(c, "muon_ns_steps", self.muon_ns_steps)
 
 
@@ -109,7 +142,7 @@ class ScheduleSpec:
         _check_choice(c, "name", self.name, ScheduleName)
         for name in ("warmup_frac", "cooldown_frac", "floor_frac"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            if not (_is_real(v) and 0.0 <= v <= 1.0):
                 raise _bad(c, name, f"must be a fraction in [0, 1], got {v!r}", "use e.g. 0.5")
         if self.warmup_frac + self.cooldown_frac > 1.0:
             raise _bad(c, "cooldown_frac", f"warmup {self.warmup_frac} + cooldown {self.cooldown_frac} > 1",
@@ -141,8 +174,16 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         c = "DataSpec"
-        object.__setattr__(self, "train_paths", tuple(str(p) for p in self.train_paths))
-        object.__setattr__(self, "val_paths", tuple(str(p) for p in self.val_paths))
+        for name in ("train_paths", "val_paths"):
+            paths = getattr(self, name)
+            if isinstance(paths, (str, Path)):  # one path or glob, not a sequence of characters
+                paths = (paths,)
+            elif not isinstance(paths, (list, tuple)):
+                raise _bad(c, name, f"must be a path or a list of paths, got {paths!r}", "write e.g. [data/train.bin]")
+            for p in paths:
+                if not isinstance(p, (str, Path)):
+                    raise _bad(c, name, f"{p!r} is not a path", "write each path or glob as text, e.g. data/train_*.bin")
+            object.__setattr__(self, name, tuple(str(p) for p in paths))
         _check_choice(c, "source", self.source, DataSource)
         _check_choice(c, "tokenizer", self.tokenizer, Literal["byte", "bpe"])
         _check_choice(c, "token_dtype", self.token_dtype, Literal["uint16", "uint32"])
@@ -156,8 +197,10 @@ class DataSpec:
             raise _bad(c, "tokenizer_path", "a BPE tokenizer for parquet text needs its tokenizer.json",
                        "set tokenizer_path or use tokenizer 'byte'")
         _check_positive_int(c, "bpe_vocab_size", self.bpe_vocab_size, minimum=257)
-        if not 0.0 < self.val_percent < 50.0:
-            raise _bad(c, "val_percent", f"must be in (0, 50), got {self.val_percent!r}", "use e.g. 5")
+        _check_real(c, "val_percent", self.val_percent, low=0.0, high=50.0, low_open=True, high_open=True, fix="use e.g. 5")
+        for name in ("tokenizer_path", "cache_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise _bad(c, name, f"must be a path, got {getattr(self, name)!r}", "write a path as text")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,8 +261,8 @@ class RunSpec:
             raise _bad(c, "output_dir", "is empty", "give a directory for checkpoints and the summary")
         if (self.budget_flops is None) == (self.tokens is None):
             raise _bad(c, "budget_flops", "give exactly one of budget_flops and tokens", "set one, not both")
-        if self.budget_flops is not None and not self.budget_flops > 0:
-            raise _bad(c, "budget_flops", f"must be > 0, got {self.budget_flops!r}", "use e.g. 1e12")
+        if self.budget_flops is not None:
+            _check_real(c, "budget_flops", self.budget_flops, low=0.0, low_open=True, fix="use e.g. 1e12")
         if self.tokens is not None:
             _check_positive_int(c, "tokens", self.tokens)
         _check_choice(c, "flop_convention", self.flop_convention, FlopConvention)
@@ -232,7 +275,9 @@ class RunSpec:
                      "nproc_per_node", "nodes"):
             _check_positive_int(c, name, getattr(self, name))
         _check_positive_int(c, "checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
-        _check_positive_int(c, "seed", self.seed, minimum=0)
+        _check_positive_int(c, "seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if not isinstance(self.compile, bool):
+            raise _bad(c, "compile", f"{self.compile!r} is not true or false", "write true or false")
         if self.eval_recurrences is not None:
             recs = tuple(self.eval_recurrences)
             if not recs or any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in recs):
@@ -291,6 +336,16 @@ class RunSpec:
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
 
+    def with_output_dir(self, output_dir: str) -> "RunSpec":
+        """The same run writing to another directory. Only output_dir changes, so the checks of
+        the other fields are not run again (the planner does this once per run: 100,000-run sweeps)."""
+        if not output_dir or not isinstance(output_dir, str):
+            raise _bad("RunSpec", "output_dir", f"must be a non-empty path, got {output_dir!r}",
+                       "give a directory for checkpoints and the summary")
+        new = copy.copy(self)
+        object.__setattr__(new, "output_dir", output_dir)
+        return new
+
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -309,8 +364,12 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunSpec":
+        """A RunSpec from its `to_dict()` form; a wrong shape is a FieldError naming the field."""
         from parcae_scaling.model.config import ModelConfig
 
+        if not isinstance(data, Mapping):
+            raise _bad("RunSpec", "<top level>", f"must be an object of RunSpec fields, got {type(data).__name__}",
+                       "write {\"model\": {...}, \"output_dir\": ..., ...} (see RunSpec.to_json)")
         d = dict(data)
         version = d.pop("spec_version", RUN_SPEC_VERSION)
         if version != RUN_SPEC_VERSION:
@@ -319,13 +378,38 @@ class RunSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"RunSpec: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        d["model"] = ModelConfig.from_dict(dict(d["model"]))
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise _bad("RunSpec", missing[0], "is missing", f"give every required field: {', '.join(missing)}")
+        d["model"] = _from_mapping("model", d["model"], ModelConfig)
         for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec)):
             if name in d:
-                d[name] = typ(**dict(d[name]))
+                d[name] = _from_mapping(name, d[name], typ)
         if d.get("eval_recurrences") is not None:
+            if not isinstance(d["eval_recurrences"], (list, tuple)):
+                raise _bad("RunSpec", "eval_recurrences", f"must be a list, got {d['eval_recurrences']!r}",
+                           "write e.g. [1, 2, 4]")
             d["eval_recurrences"] = tuple(d["eval_recurrences"])
         return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunSpec":
+        """Read a RunSpec JSON file (`train-one --spec`); every error names the file."""
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                             "give a RunSpec JSON file (RunSpec.to_json)") from None
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read it ({exc.strerror or exc}); give a readable RunSpec JSON file") from None
+        try:
+            return cls.from_json(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc}); fix the syntax (RunSpec.to_json writes one)") from None
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -353,6 +437,21 @@ class RunSpec:
         return hashlib.sha256(f"{__version__}|{blob}".encode()).hexdigest()[:16]
 
 
+def _from_mapping(name: str, value: object, typ: type) -> Any:
+    """A nested spec from its dict form; a non-mapping or an unknown key is a FieldError."""
+    if not isinstance(value, Mapping):
+        raise _bad("RunSpec", name, f"must be an object of {typ.__name__} fields, got {value!r}",
+                   f"write {name} as {{field: value, ...}}")
+    known = {f.name for f in dataclasses.fields(typ)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise _bad("RunSpec", name, f"unknown {typ.__name__} field(s) {unknown}", f"use some of {sorted(known)}")
+    try:
+        return typ(**value)
+    except TypeError as exc:  # a required field missing
+        raise _bad("RunSpec", name, str(exc), f"give the {typ.__name__} fields") from None
+
+
 def default_eval_recurrences(mu_rec: int, *, looped: bool = True) -> tuple[int, ...]:
     """T = 1 ... 2*mu_rec (REFERENCE.md section 3), at least 1 ... 4 so that every looped run
     has the four depths a saturating-exponential test-time fit needs; (1,) for a fixed-depth model."""
@@ -373,11 +472,10 @@ def plan_tokens(run: RunSpec) -> TokenPlan:
     steps = requested // run.tokens_per_step
     if steps < 1:
         what = f"budget_flops={run.budget_flops:g} buys {requested} tokens" if run.tokens is None else f"tokens={requested}"
-        raise ValueError(
-            f"RunSpec.budget_flops: {what}, less than one optimizer step of {run.tokens_per_step} tokens "
-            f"({run.batch_size} x {run.grad_accum_steps} x {run.world_size} processes x {run.seq_len}); "
-            "raise the budget or shrink the batch"
-        )
+        raise _bad("RunSpec", "budget_flops" if run.tokens is None else "tokens",
+                   f"{what}, less than one optimizer step of {run.tokens_per_step} tokens "
+                   f"({run.batch_size} x {run.grad_accum_steps} x {run.world_size} processes x {run.seq_len})",
+                   "raise the budget or shrink the batch")
     tokens = steps * run.tokens_per_step
     return TokenPlan(
         flops_per_token=fpt, tokens_per_step=run.tokens_per_step, steps=steps, tokens=tokens,

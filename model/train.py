@@ -1,8 +1,10 @@
 """Train one run from its RunSpec: the unit every sweep dispatches.
 
 `train_run(run, sink)` trains exactly `plan_tokens(run).tokens` tokens, logging metrics through
-the sink, checkpointing atomically, resuming from `<output_dir>/checkpoint.pt` if present, and
-ending with validation at several recurrences and a versioned `summary.json`.
+the sink, checkpointing atomically, resuming from the newest readable checkpoint in its output
+directory, and ending with validation at several recurrences and a versioned `summary.json`. A
+run that stays finite but ends no better than the unigram baseline after its loss blew up is
+recorded DIVERGED.
 
 Determinism: the batch of step s, micro-batch m is a pure function of (seed, s, m), and so is
 the torch.Generator that draws the per-sequence depths; a resumed run therefore repeats the
@@ -24,10 +26,11 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +39,12 @@ import torch
 import torch.nn as nn
 
 from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.faults import fault_point
 from parcae_scaling.model import build_model
 from parcae_scaling.model.blocks import compile_blocks
 from parcae_scaling.model import distributed as pdist
-from parcae_scaling.model.checkpoint import CHECKPOINT_FILE, TrainProgress, load_checkpoint, save_checkpoint
+from parcae_scaling.model.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
+from parcae_scaling.model.corpus import unigram_entropy_nats
 from parcae_scaling.model.data import (
     TokenData, global_micro_index, load_data, train_batch, val_batches, val_windows,
 )
@@ -55,6 +60,10 @@ SUMMARY_VERSION = 1
 _RECENT_LOSSES = 10  # final train loss = mean of the last steps' losses
 _DEPTH_STREAM = 0xDE97
 _EVAL_STREAM = 1 << 40  # step numbers at and above this seed evaluation, never training
+# A train loss this far above the untrained model's (step 1) means the optimizer blew the model up:
+# a factor e in perplexity. Healthy runs never rise above step 1's loss; lr 1.0 peaks ~75 nats above.
+_BLOWUP_NATS = 1.0
+_UNIGRAM_SAMPLE_TOKENS = 1 << 22  # tokens read to estimate the unigram entropy of .bin shards
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +191,52 @@ def _check_vocab(x: torch.Tensor, vocab_size: int, data: TokenData) -> None:
         )
 
 
+def unigram_baseline_nats(data: TokenData, vocab_size: int) -> float:
+    """The unigram entropy of the training data in nats per token (model/corpus.py's one
+    implementation): the loss of predicting every token from the global token frequencies.
+
+    Embedded and parquet data carry it; for .bin shards it is computed here from up to
+    _UNIGRAM_SAMPLE_TOKENS tokens in evenly spaced windows (the plug-in estimate's bias, about
+    vocab / (2 * tokens) nats, is below 0.01 for vocabularies up to 80k)."""
+    if data.unigram_entropy_nats is not None:
+        return data.unigram_entropy_nats
+    n = len(data.train)
+    windows = 64
+    if n <= _UNIGRAM_SAMPLE_TOKENS:
+        tokens = data.train.window(0, n)
+    else:
+        size = _UNIGRAM_SAMPLE_TOKENS // windows
+        starts = np.linspace(0, n - size, windows).astype(np.int64)
+        tokens = np.concatenate([data.train.window(int(s), size) for s in starts])
+    return unigram_entropy_nats(tokens, vocab_size)
+
+
+def learned_nothing(run: RunSpec, data: TokenData, progress: TrainProgress, evals: list[EvalRow]) -> str | None:
+    """Why a run that stayed finite must not count as a result, or None if it may.
+
+    A run whose training loss rose more than _BLOWUP_NATS above its untrained loss (step 1) and
+    whose final validation loss is still no better than the unigram entropy of its training data
+    diverged without producing a NaN: a learning rate too high (lr 1.0 on parcae-tiny-48 peaks at
+    ~80 nats and ends at 3.6-5.0 vs 3.25). A short healthy run may also end above the unigram
+    entropy, but its loss never rises above where it started: that is undertrained, not diverged.
+    A non-finite validation loss always counts."""
+    at_mu = [e.loss for e in evals if e.recurrence == (run.mu_rec if run.model.is_looped else 1)]
+    if not at_mu:
+        return None
+    val = at_mu[0]
+    blew_up = (progress.first_loss is not None and progress.peak_loss is not None
+               and progress.peak_loss > progress.first_loss + _BLOWUP_NATS)
+    if math.isfinite(val) and not blew_up:
+        return None  # the unigram baseline is only computed for a suspect run
+    baseline = unigram_baseline_nats(data, run.model.vocab_size)
+    if val < baseline:
+        return None
+    peak = (f" (train loss peaked at {progress.peak_loss:.4g}, from {progress.first_loss:.4g} at step 1)"
+            if blew_up else "")
+    return (f"final val loss {val:.4f} nats/token is no better than the unigram entropy {baseline:.4f} of the "
+            f"training data{peak}: the run learned nothing; lower the learning rate")
+
+
 def _result(run: RunSpec, plan: TokenPlan, progress: TrainProgress, *, status: RunStatus, params: int,
             evals: list[EvalRow], wall: float, diverged_step: int | None = None,
             message: str | None = None) -> RunResult:
@@ -223,7 +278,13 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
     if summary_path.exists():
         done = RunResult.from_dict(json.loads(summary_path.read_text()))
         if done.status == RunStatus.SUCCEEDED and done.run_id == run_id:
-            return done  # idempotent: a finished run is not trained twice
+            # Idempotent: a finished run is not trained twice, but its sink still hears how it ended
+            # (a new store beside an old run directory would otherwise never learn it).
+            sink.log_evals(run_id, list(done.evals))
+            sink.update_status(run_id, RunStatus.SUCCEEDED, step=done.steps_done,
+                               message=f"already finished: {summary_path}")
+            sink.flush()
+            return done
     progress = TrainProgress()
     try:
         plan = plan_tokens(run)
@@ -239,15 +300,20 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
         optimizer = build_optimizer(model, run.optimizer)
         if run.sharding == "zero":
             optimizer = pdist.shard_optimizer(optimizer)
-        ckpt = out / CHECKPOINT_FILE
-        if ckpt.exists():  # every rank restores rank 0's checkpoint (a shared file system)
-            progress = load_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer)
+        # Every rank restores rank 0's checkpoint (a shared file system).
+        restored = load_latest_checkpoint(out, run_id=run_id, model=model, optimizer=optimizer)
+        fallback = restored.fallback_note() if restored is not None else None
+        if restored is not None:
+            progress = restored.progress
+        if fallback and ctx.is_main:
+            print(f"parcae train: run {run_id}: {fallback}", file=sys.stderr, flush=True)
+        resumed = f"resumed from step {progress.step}" if progress.step else None
         sink.update_status(run_id, RunStatus.RUNNING, step=progress.step,
-                           message=f"resumed from step {progress.step}" if progress.step else None)
+                           message="; ".join(m for m in (resumed, fallback) if m) or None)
         if run.compile:
             compile_blocks(model)  # per block: the loop's data-dependent depth stays in Python
         forward = pdist.wrap_ddp(model, ctx)
-        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, ctx, ckpt)
+        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, ctx, out)
         if not ctx.is_main:
             return RunResult.from_dict(pdist.broadcast_object(None))
         if diverged is not None:
@@ -261,10 +327,14 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
             return result
         evals = evaluate_recurrences(model, data, run, device)
         sink.log_evals(run_id, evals)
-        result = _result(run, plan, progress, status=RunStatus.SUCCEEDED, params=params, evals=evals,
-                         wall=time.perf_counter() - wall0)
+        why = learned_nothing(run, data, progress, evals)
+        status = RunStatus.SUCCEEDED if why is None else RunStatus.DIVERGED  # fits read succeeded runs only
+        result = _result(run, plan, progress, status=status, params=params, evals=evals,
+                         wall=time.perf_counter() - wall0, message=why)
         _write_json_atomic(summary_path, result.to_dict())
-        sink.update_status(run_id, RunStatus.SUCCEEDED, step=progress.step)
+        fault_point("summary_written")
+        sink.update_status(run_id, status, step=progress.step, message=why)
+        fault_point("final_flush")
         sink.flush()
         pdist.broadcast_object(result.to_dict())  # the other ranks wait for rank 0's evaluation
         return result
@@ -276,7 +346,7 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
 
 def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Module, forward: nn.Module,
                  optimizer: OptimizerBundle, progress: TrainProgress, sink: MetricsSink,
-                 ctx: pdist.DistContext, ckpt: Path) -> tuple[int, str] | None:
+                 ctx: pdist.DistContext, ckpt_dir: Path) -> tuple[int, str] | None:
     """The optimizer-step loop; returns (step, reason) if the run diverged, else None (on every
     rank alike: the decision uses all-reduced loss and the all-reduced gradients)."""
     run_id = run.run_id
@@ -327,6 +397,7 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             return number, f"non-finite {what} at step {number} (loss={loss}, grad_norm={grad_norm})"
         optimizer.step()
+        fault_point("step")  # PARCAE_FAULT=step:n kills after this process's n-th optimizer step
         n_tokens = run.tokens_per_step  # global: every rank counts the whole step
         progress.step = number
         progress.tokens += n_tokens
@@ -336,6 +407,9 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
         progress.train_seconds += time.perf_counter() - t_step
         recent.append(loss)
         progress.recent_losses = list(recent)
+        if progress.first_loss is None:
+            progress.first_loss = loss  # the untrained model's loss: step 1 is measured before any update
+        progress.peak_loss = max(loss, progress.peak_loss if progress.peak_loss is not None else loss)
         window_tokens += n_tokens
         if number % run.metrics_every_steps == 0 or number == plan.steps:
             if device.type == "cuda":
@@ -358,5 +432,5 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
             sink.flush()  # metrics up to the checkpoint are durable before it is
             pdist.consolidate_optimizer(optimizer)  # ZeRO: gather the shards on rank 0 (collective)
             if ctx.is_main:
-                save_checkpoint(ckpt, run_id=run_id, model=model, optimizer=optimizer, progress=progress)
+                save_checkpoint(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, progress=progress)
     return None

@@ -23,7 +23,8 @@ def read_input(csv: Path | None, store: str | None, sweep: str | None, *, kind: 
     else:
         df, source = load_csv(csv), f"csv {csv}"
     if df.empty:
-        raise ValueError(f"{source} has no finished runs to fit")
+        fix = f"check with: parcae-sweep status {sweep} --store URL" if store else "add rows below the header"
+        raise ValueError(f"{source} has no finished runs to fit; {fix}")
     return select_model(df, model), source
 
 

@@ -7,16 +7,24 @@ Test-time table (one row per run and evaluation depth T):
     run_id, mu_rec, tokens, recurrence, loss   (optional: budget_flops, params, model)
 
 `loss` is validation loss in nats per token; NaN marks a diverged run and is excluded with a
-notice. Every other listed column must be finite and > 0.
+notice. Every other listed column must be finite and > 0, and `mu_rec` (a mean recurrence
+depth) >= 1. A table's key (`run_id` for run tables; `run_id, recurrence` for test-time
+tables) names one row: a row repeated exactly (every column equal, e.g. an export appended
+twice) is dropped with a notice, so a run never counts twice; rows that share a key but differ
+are refused, because which one is right cannot be told.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # fitting CSVs needs no database
+    from parcae_scaling.db import Store
 
 RUN_COLUMNS = ("run_id", "budget_flops", "mu_rec", "tokens", "params", "loss")
 TEST_TIME_COLUMNS = ("run_id", "mu_rec", "tokens", "recurrence", "loss")
@@ -33,11 +41,13 @@ class Table:
     warnings: tuple[str, ...]
 
 
-def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "table") -> Table:
-    """Check columns and values; drop NaN-loss rows (diverged runs) with a notice.
+def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "table",
+                   key: tuple[str, ...] = ()) -> Table:
+    """Check columns and values; drop exact duplicate rows and NaN-loss rows (diverged runs)
+    with a notice.
 
     Raises ValueError naming the column and the fix for missing columns, non-numeric or
-    non-positive values and non-loss NaNs.
+    non-positive values, non-loss NaNs, mu_rec < 1, and rows sharing `key` with different values.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -53,16 +63,23 @@ def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "
     for col in required:
         if col in _NOT_NUMERIC:
             continue
-        try:
-            df[col] = pd.to_numeric(df[col])
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{what}: column {col!r} must be numeric ({err}); fix the input file") from None
+        numeric = pd.to_numeric(df[col], errors="coerce")
+        not_numbers = numeric.isna() & df[col].notna()
+        if not_numbers.any():
+            raise ValueError(
+                f"{what}: column {col!r} must be numeric: {int(not_numbers.sum())} value(s) are not numbers, "
+                f"e.g. {df.loc[not_numbers, col].astype(str).tolist()[:3]} (rows {row_ids(df, not_numbers)}); "
+                "fix the input file"
+            )
+        df[col] = numeric
     warnings: list[str] = []
+    n_in = len(df)
+    df, dup_warnings = _drop_duplicates(df, key, what)
+    warnings += dup_warnings
     nan_loss = df["loss"].isna() if "loss" in df.columns else pd.Series(False, index=df.index)
     n_nan = int(nan_loss.sum())
     if n_nan:
-        ids = df.loc[nan_loss, "run_id"].astype(str).tolist()[:5] if "run_id" in df.columns else []
-        warnings.append(f"excluded {n_nan} row(s) with NaN loss (diverged runs) {ids}")
+        warnings.append(f"excluded {n_nan} row(s) with NaN loss (diverged runs) {row_ids(df, nan_loss)}")
         df = df.loc[~nan_loss]
     if df.empty:
         raise ValueError(f"{what}: every loss is NaN (all runs diverged); nothing to fit")
@@ -77,8 +94,44 @@ def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "
                 f"{what}: column {col!r} has {int(bad.sum())} non-positive or non-finite value(s), "
                 f"e.g. {example}; every {col} must be > 0 (remove or fix those rows)"
             )
-    return Table(df=df.reset_index(drop=True), n_rows_in=len(df) + n_nan, n_excluded_nan=n_nan,
+    if "mu_rec" in required:
+        shallow = df["mu_rec"].to_numpy(dtype=float) < 1
+        if shallow.any():
+            raise ValueError(
+                f"{what}: column 'mu_rec' has {int(shallow.sum())} value(s) < 1, e.g. "
+                f"{df.loc[shallow, 'mu_rec'].tolist()[:3]}; mu_rec is a mean recurrence depth and must be "
+                ">= 1 (1 = no looping; fix those rows)"
+            )
+    return Table(df=df.reset_index(drop=True), n_rows_in=n_in, n_excluded_nan=n_nan,
                  warnings=tuple(warnings))
+
+
+def row_ids(df: pd.DataFrame, mask: pd.Series) -> list[str]:
+    """A few run ids (or row numbers) of the masked rows, for messages."""
+    if "run_id" in df.columns:
+        return sorted(set(df.loc[mask, "run_id"].astype(str)))[:5]
+    return [f"row {i}" for i in df.index[mask][:5]]
+
+
+def _drop_duplicates(df: pd.DataFrame, key: tuple[str, ...], what: str) -> tuple[pd.DataFrame, list[str]]:
+    """Drop rows repeated exactly (notice); refuse rows that share `key` but differ.
+
+    A repeated row would double that run's weight in every fit and bootstrap.
+    """
+    warnings: list[str] = []
+    exact = df.duplicated(keep="first")
+    if exact.any():
+        warnings.append(f"dropped {int(exact.sum())} exact duplicate row(s) {row_ids(df, exact)}: "
+                        "each run counts once")
+        df = df.loc[~exact]
+    if key and all(k in df.columns for k in key):
+        clash = df.duplicated(subset=list(key), keep=False)
+        if clash.any():
+            raise ValueError(
+                f"{what}: {', '.join(key)} {row_ids(df, clash)} appear in {int(clash.sum())} rows with "
+                f"different values; each {' + '.join(key)} must appear once (remove the stale rows)"
+            )
+    return df, warnings
 
 
 def load_csv(path: str | Path) -> pd.DataFrame:
@@ -86,7 +139,15 @@ def load_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"input CSV {str(path)!r} does not exist; pass the path of a results table")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"input CSV {str(path)!r} is empty (not even a header row); "
+                         "pass a results table with a header line") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(f"input CSV {str(path)!r} is not a readable CSV ({detail}); "
+                         "pass a UTF-8 comma-separated results table") from None
 
 
 def epoch_chinchilla_table(path: str | Path, *, drop_highest: int = 5) -> pd.DataFrame:
@@ -118,6 +179,15 @@ def runs_from_store_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def require_sweeps(store: Store, names: tuple[str, ...], url: str) -> None:
+    """Refuse sweep names the store has no runs of, listing the recorded ones."""
+    known = set(store.runs()["sweep"])
+    missing = [s for s in names if s not in known]
+    if missing:
+        raise ValueError(f"sweep(s) {missing} have no runs in {url}; recorded sweeps: {sorted(known)} "
+                         "(check --sweep)")
+
+
 def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
     """Read a sweep from the SQL store: kind 'runs' (loss at T = mu_rec) or 'test_time'."""
     from parcae_scaling.db import Store  # imported here: fitting CSVs needs no database
@@ -125,6 +195,7 @@ def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
     if kind not in ("runs", "test_time"):
         raise ValueError(f"kind={kind!r}: choose 'runs' or 'test_time'")
     with Store.open(url, upgrade=False) as store:
+        require_sweeps(store, (sweep,), url)
         if kind == "runs":
             return runs_from_store_frame(store.isoflop_table(sweep))
         return store.test_time_curves(sweep).rename(columns={"model_size": "model"})

@@ -48,6 +48,48 @@ def precondition(law: Law, design: np.ndarray) -> np.ndarray:
     return t
 
 
+def check_identifiable(law: Law, data: pd.DataFrame, design: np.ndarray, *, what: str) -> None:
+    """Refuse a fit the data cannot determine, saying why (instead of returning start values).
+
+    Fewer points than free parameters; a loss that does not vary; or a term whose feature is
+    the same at every point (its coefficient and exponent then trade off freely with E).
+    """
+    n, n_params = len(data), len(law.fit_names)
+    if n < n_params:
+        raise ValueError(
+            f"{what}: only {n} point{'s' if n != 1 else ''} for {n_params} free parameters "
+            f"{list(law.param_names)}; the fit needs at least {n_params} points "
+            f"(>= {MIN_POINTS_PER_PARAMETER * n_params:g} for reliable values): add runs"
+        )
+    loss = data["loss"].to_numpy(float)
+    if np.ptp(loss) == 0:
+        raise ValueError(f"{what}: the loss does not vary (every point has loss={loss[0]:g}): nothing to fit; "
+                         "check that the loss column holds each run's own loss")
+    index = {p: i for i, p in enumerate(law.fit_names)}
+    for k, term in enumerate(law.terms):
+        for param, feature in term.exponents:
+            f = design[k, :, index[param]]
+            if np.ptp(f) > 1e-12 * max(1.0, float(np.abs(f).max())):
+                continue
+            cols = [c for c in law.feature_columns.get(feature, ()) if c in data.columns]
+            shared = ", ".join(f"{c}={data[c].iloc[0]:g}" for c in cols if data[c].nunique() == 1)
+            names = [p for p, _ in term.exponents] + ([term.coef] if term.coef else [])
+            vary = " or ".join(cols) if cols else feature
+            raise ValueError(
+                f"{what}: all {n} points share {shared or f'one value of {feature}'}: the law's "
+                f"{feature} term {sorted(names)} is not identified; add runs at other {vary} values"
+            )
+
+
+def degenerate_replicas(weights: np.ndarray, n_params: int) -> int:
+    """Bootstrap replicas holding fewer distinct points than free parameters.
+
+    Such a replica is fitted exactly by the full-data optimum it is warm-started from, so it
+    never moves: its "interval" has zero width because nothing was estimated.
+    """
+    return int(np.sum((weights > 0).sum(axis=1) < n_params))
+
+
 def _run_groups(df: pd.DataFrame, group: str | None) -> np.ndarray:
     """Integer group label per row: runs are resampled as wholes in the bootstrap."""
     if group and group in df.columns:
@@ -78,6 +120,7 @@ def fit_law(
     level: float = 0.95,
     seed: int = 0,
     group: str | None = "run_id",
+    key: tuple[str, ...] = (),
     source: str = "",
     filters: tuple[str, ...] = (),
 ) -> FitResult:
@@ -86,15 +129,22 @@ def fit_law(
     All starts run through a batched L-BFGS; the best `n_polish` are refined with scipy
     L-BFGS-B. A start "agrees" when its objective is within `agree_rtol` (relative) of the
     best. With `n_bootstrap` > 0, runs (rows sharing `group`) are resampled and every replica
-    is refitted, warm-started from the full-data optimum, for percentile intervals.
+    is refitted, warm-started from the full-data optimum, for percentile intervals. `key`
+    (e.g. ("run_id",) for a run table) names one row: see data.validate_table.
+
+    Refuses data that cannot determine the law (check_identifiable). When too many bootstrap
+    replicas are degenerate for the percentile interval to mean anything, no intervals are
+    given and the parameters are listed in `unidentified` ("not identified").
     """
     if n_polish < 1:
         raise ValueError(f"n_polish={n_polish} must be >= 1")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} must be >= 0 (0 disables the bootstrap)")
-    table = validate_table(df, tuple(dict.fromkeys(law.columns + ("loss",))), what=f"{law.name} fit input")
+    what = f"{law.name} fit input"
+    table = validate_table(df, tuple(dict.fromkeys(law.columns + ("loss",))), what=what, key=key)
     data = table.df
     design = law.design(data)
+    check_identifiable(law, data, design, what=what)
     # Optimise in preconditioned coordinates theta' (theta = T theta'); report theta.
     t_mat = precondition(law, design)
     t_inv = np.linalg.inv(t_mat)
@@ -134,16 +184,24 @@ def fit_law(
     natural = law.to_natural(theta)
     params = {n: float(v) for n, v in zip(law.param_names, natural)}
     derived = {k: float(fn(params)) for k, fn in law.derived.items()}
-    intervals, derived_intervals, samples = {}, {}, ()
+    intervals, derived_intervals, samples, unidentified = {}, {}, (), ()
     if n_bootstrap:
-        boot = bootstrap_fit(objective, theta_p, _run_groups(data, group), n_bootstrap, lower, upper, seed)
-        boot = boot @ t_mat.T
-        nat = law.to_natural(boot)
-        samples = tuple(tuple(float(v) for v in row) for row in nat)
-        intervals = {n: percentile_interval(nat[:, j], level) for j, n in enumerate(law.param_names)}
-        rows = [dict(zip(law.param_names, r)) for r in nat]
-        derived_intervals = {k: percentile_interval(np.array([fn(r) for r in rows]), level)
-                             for k, fn in law.derived.items()}
+        groups = _run_groups(data, group)
+        n_degenerate = degenerate_replicas(bootstrap_weights(groups, n_bootstrap, seed), n_params)
+        if n_degenerate > (1 - level) / 2 * n_bootstrap:  # enough to set an interval endpoint
+            unidentified = tuple(law.param_names) + tuple(law.derived)
+            warnings.append(f"not identified: {n_degenerate} of {n_bootstrap} bootstrap resamples hold fewer "
+                            f"distinct points than the {n_params} free parameters, so no interval is given "
+                            "(add runs)")
+        else:
+            boot = bootstrap_fit(objective, theta_p, groups, n_bootstrap, lower, upper, seed)
+            boot = boot @ t_mat.T
+            nat = law.to_natural(boot)
+            samples = tuple(tuple(float(v) for v in row) for row in nat)
+            intervals = {n: percentile_interval(nat[:, j], level) for j, n in enumerate(law.param_names)}
+            rows = [dict(zip(law.param_names, r)) for r in nat]
+            derived_intervals = {k: percentile_interval(np.array([fn(r) for r in rows]), level)
+                                 for k, fn in law.derived.items()}
     flop_conv = ""
     if "flop_convention" in data.columns:
         flop_conv = ",".join(sorted(set(map(str, data["flop_convention"].dropna()))))
@@ -169,6 +227,7 @@ def fit_law(
         flop_convention=flop_conv,
         warnings=tuple(warnings),
         bootstrap_params=samples,
+        unidentified=unidentified,
     )
 
 

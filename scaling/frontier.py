@@ -32,7 +32,8 @@ class FlopsPerToken:
 
 
 def flops_per_token_from_runs(df: pd.DataFrame) -> FlopsPerToken:
-    data = validate_table(df, ("budget_flops", "tokens", "mu_rec", "loss"), what="frontier input").df
+    data = validate_table(df, ("budget_flops", "tokens", "mu_rec", "loss"), what="frontier input",
+                          key=("run_id",)).df
     fpt = data["budget_flops"].to_numpy(float) / data["tokens"].to_numpy(float)
     mu = data["mu_rec"].to_numpy(float)
     if np.unique(mu).size < 2:
@@ -151,7 +152,8 @@ class HoldoutResult:
 
 def holdout_largest_budget(law: Law, df: pd.DataFrame, **fit_options) -> HoldoutResult:
     """Refit without the largest budget and report the prediction error on it."""
-    data = validate_table(df, tuple(dict.fromkeys(law.columns + ("budget_flops", "loss"))), what="holdout input").df
+    data = validate_table(df, tuple(dict.fromkeys(law.columns + ("budget_flops", "loss"))), what="holdout input",
+                          key=("run_id",)).df
     top = float(data["budget_flops"].max())
     train, test = data[data["budget_flops"] < top], data[data["budget_flops"] == top]
     if train["budget_flops"].nunique() < 2:

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from parcae_scaling.scaling.data import validate_table
+from parcae_scaling.scaling.data import row_ids, validate_table
 from parcae_scaling.scaling.powerlaw import PowerLawFit, fit_power_law
 from parcae_scaling.scaling.results import ConfidenceInterval, percentile_interval
 
@@ -147,6 +147,35 @@ def fit_budget(group: pd.DataFrame, x: str, *, n_bootstrap: int, level: float, r
     )
 
 
+def _drop_unusable_allocations(data: pd.DataFrame, x: str) -> tuple[pd.DataFrame, list[str]]:
+    """Drop an optional allocation column (tokens, params, mu_rec besides x) holding missing,
+    non-numeric or non-positive values, with a warning naming the rows: its power law
+    (e.g. tokens* ∝ C^…) would otherwise vanish without a word."""
+    warnings = []
+    for col in ALLOCATION_COLUMNS:
+        if col == x or col not in data.columns:
+            continue
+        vals = pd.to_numeric(data[col], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(vals) | (vals <= 0)
+        if bad.any():
+            warnings.append(f"column {col!r} has {int(bad.sum())} missing, non-numeric or non-positive value(s) "
+                            f"(rows {row_ids(data, pd.Series(bad, index=data.index))}); the {col}* law is "
+                            "omitted (fix those rows to get it)")
+            data = data.drop(columns=col)
+    return data, warnings
+
+
+def _check_fittable(data: pd.DataFrame, x: str, what: str) -> None:
+    """Refuse tables with nothing to fit, naming the cause rather than an empty result."""
+    loss = data["loss"].to_numpy(float)
+    if len(loss) > 1 and np.ptp(loss) == 0:
+        raise ValueError(f"{what}: the loss does not vary (every point has loss={loss[0]:g}): nothing to fit; "
+                         "check that the loss column holds each run's own loss")
+    if len(data) > 1 and data[x].nunique() == 1:
+        raise ValueError(f"{what}: all {len(data)} points share {x}={data[x].iloc[0]:g}: the parabola in {x} "
+                         f"is not identified; add runs at >= 3 {x} values per budget")
+
+
 def isoflop(
     df: pd.DataFrame,
     *,
@@ -160,19 +189,28 @@ def isoflop(
     """Per-budget parabolas in ln x, then mu*(C), D*(C), L*(C) power laws across budgets."""
     if x not in ALLOCATION_COLUMNS:
         raise ValueError(f"x={x!r}: choose one of {ALLOCATION_COLUMNS}")
-    table = validate_table(df, ("budget_flops", x, "loss"), what="isoFLOP input")
-    data = table.df
-    warnings = list(table.warnings)
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={n_bootstrap} must be >= 0 (0 disables the bootstrap)")
+    what = "isoFLOP input"
+    table = validate_table(df, ("budget_flops", x, "loss"), what=what, key=("run_id",))
+    data, unusable = _drop_unusable_allocations(table.df, x)
+    warnings = list(table.warnings) + unusable
+    _check_fittable(data, x, what)
     rng = np.random.default_rng(seed)
     optima = []
+    skipped = []
     for budget, group in data.groupby("budget_flops", sort=True):
         if group[x].nunique() < 3:
+            skipped.append(f"{budget:.3g}: {group[x].nunique()}")
             warnings.append(f"budget {budget:.3g}: only {group[x].nunique()} distinct {x} values; "
                             "a parabola needs 3 (budget skipped)")
             continue
         opt = fit_budget(group, x, n_bootstrap=n_bootstrap, level=level, rng=rng)
         warnings += opt.warnings
         optima.append(opt)
+    if not optima:
+        raise ValueError(f"{what}: no budget has the 3 distinct {x} values a parabola needs "
+                         f"(distinct {x} per budget: {', '.join(skipped)}); add runs at more {x} values")
     used = [o for o in optima if o.positive_curvature and (o.in_range or not exclude_out_of_range)]
     laws: dict[str, PowerLawFit] = {}
     if len(used) >= 2:

@@ -46,6 +46,8 @@ class Law:
     bounds: Mapping[str, Bounds] = field(default_factory=dict)  # fit-space bounds
     derived: Mapping[str, Callable[[Mapping[str, float]], float]] = field(default_factory=dict)
     convention: str = ""  # how N, D, T are counted; recorded with every fit
+    # feature -> the input columns that make it vary; named when a feature is constant
+    feature_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.terms:
@@ -124,10 +126,11 @@ def _log(df: pd.DataFrame, col: str) -> np.ndarray:
 
 def _allocation(exp_n: str, exp_d: str) -> dict[str, Callable[[Mapping[str, float]], float]]:
     # Chinchilla Approach 3: N_opt ∝ C^(β/(α+β)), D_opt ∝ C^(α/(α+β)) under C ∝ N·D.
-    return {
-        f"{exp_n}_opt_exponent": lambda p: p[exp_d] / (p[exp_n] + p[exp_d]),
-        f"{exp_d}_opt_exponent": lambda p: p[exp_n] / (p[exp_n] + p[exp_d]),
-    }
+    def share(num: str) -> Callable[[Mapping[str, float]], float]:
+        # Undefined (NaN), not a crash, when the exponents cancel (e.g. a bootstrap replica).
+        return lambda p: p[num] / (p[exp_n] + p[exp_d]) if p[exp_n] + p[exp_d] != 0 else float("nan")
+
+    return {f"{exp_n}_opt_exponent": share(exp_d), f"{exp_d}_opt_exponent": share(exp_n)}
 
 
 # Epoch AI's 4,500-point grid for Chinchilla (analyzing-chinchilla): a, b, e, alpha, beta.
@@ -155,6 +158,7 @@ def chinchilla_law() -> Law:
         start_grid=_EPOCH_GRID,
         derived=_allocation("alpha", "beta"),
         convention="N = params column, D = tokens column",
+        feature_columns={"log_N": ("params",), "log_D": ("tokens",)},
     )
 
 
@@ -180,6 +184,7 @@ def parcae_law(effective_params: EffectiveParams | None = None) -> Law:
         },
         derived=_allocation("a", "b"),
         convention=f"N(mu) = {eff.describe()}; D = tokens column",
+        feature_columns={"log_N": ("mu_rec",), "log_D": ("tokens",)},
     )
 
 
@@ -213,6 +218,7 @@ def unified_law(effective_params: EffectiveParams | None = None) -> Law:
         bounds={"z": (0.0, None)},
         derived=_allocation("x", "y"),
         convention=f"N(mu) = {eff.describe()}; D = tokens column; T = recurrence at evaluation",
+        feature_columns={"log_N": ("mu_rec",), "log_D": ("tokens",), "T_over_mu": ("recurrence", "mu_rec")},
     )
 
 
@@ -235,6 +241,7 @@ def _tt_law(name: str, formula: str, feature: str, fn, saturating: bool = True) 
         start_grid=grid,
         bounds={"z": (0.0, None)},
         convention="T = recurrence at evaluation",
+        feature_columns={feature: ("recurrence",)},
     )
 
 
@@ -249,6 +256,7 @@ def saturating_power_law(x: str = "x") -> Law:
         start_grid={"log_A": (0.0, 5.0, 10.0, 20.0), "log_E": (-1.0, 0.0, 1.0, 2.0),
                     "alpha": (0.05, 0.2, 0.5, 1.0)},
         convention=f"x = {x} column",
+        feature_columns={"log_x": (x,)},
     )
 
 
@@ -262,6 +270,7 @@ def power_law(x: str = "x") -> Law:
         features=lambda df: {"neg_log_x": -_log(df, x)},
         start_grid={"log_k": (-10.0, 0.0, 10.0), "gamma": (-1.0, 0.0, 1.0)},
         convention=f"x = {x} column",
+        feature_columns={"neg_log_x": (x,)},
     )
 
 

@@ -24,6 +24,9 @@ from parcae_scaling.scaling.testtime import TestTimeResult, fit_test_time
 def select_model(df: pd.DataFrame, model: str | None) -> pd.DataFrame:
     """Keep one model size: fits across sizes would mix different N(mu)."""
     if "model" not in df.columns:
+        if model is not None:  # a silently ignored filter would fit rows the user did not ask for
+            raise ValueError(f"model {model!r} was asked for, but the table has no 'model' column (it holds "
+                             "one model); drop --model, or add a 'model' column")
         return df
     models = sorted(map(str, df["model"].dropna().unique()))
     if model is None:
@@ -57,12 +60,16 @@ def run_parametric(df: pd.DataFrame, out_dir: Path, *, law_name: str = "parcae",
                    holdout: bool = True, source: str = "") -> tuple[FitResult, dict]:
     options = {} if law_name in ("chinchilla",) else {"effective_params": effective_params}
     law = get_law(law_name, **options)
-    fit = fit_law(law, df, n_bootstrap=n_bootstrap, source=source)
+    fit = fit_law(law, df, n_bootstrap=n_bootstrap, source=source, key=("run_id",))
     extra: dict = {}
     if holdout and "budget_flops" in df.columns and df["budget_flops"].nunique() >= 3:
-        ho = holdout_largest_budget(law, df)
-        extra["holdout"] = {k: v for k, v in asdict(ho).items() if k != "fit"}
-        extra["holdout"]["summary"] = ho.summary()
+        try:
+            ho = holdout_largest_budget(law, df)
+        except ValueError as err:  # the smaller budgets alone may not determine the law: say so
+            extra["holdout"] = {"summary": f"held-out check skipped: {err}"}
+        else:
+            extra["holdout"] = {k: v for k, v in asdict(ho).items() if k != "fit"}
+            extra["holdout"]["summary"] = ho.summary()
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = json.loads(fit.to_json())
     payload.pop("bootstrap_params")  # kept in fit_<law>_bootstrap.json: large

@@ -81,6 +81,7 @@ class FitResult:
     flop_convention: str = ""
     warnings: tuple[str, ...] = ()
     bootstrap_params: tuple[tuple[float, ...], ...] = ()  # natural values, one row per replica
+    unidentified: tuple[str, ...] = ()  # parameters/derived the bootstrap cannot bound ("not identified")
 
     def __post_init__(self) -> None:
         if not self.params:
@@ -115,6 +116,7 @@ class FitResult:
         d["selection"] = DataSelection(**sel)
         d["warnings"] = tuple(d.get("warnings", ()))
         d["bootstrap_params"] = tuple(tuple(r) for r in d.get("bootstrap_params", ()))
+        d["unidentified"] = tuple(d.get("unidentified", ()))
         return cls(**d)
 
     @classmethod
@@ -147,12 +149,14 @@ class FitResult:
                  f"  objective {self.objective:.7g} ({self.loss}, delta={self.delta:g}); "
                  f"{self.n_starts_agree}/{self.n_starts} starts reach it; {self.n_points} points"]
         for name, v in self.params.items():
-            ci = self.intervals.get(name)
-            ci_s = f"  [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
-            lines.append(f"  {name:>12} = {v:.6g}{ci_s}")
+            lines.append(f"  {name:>12} = {v:.6g}{self._interval_text(name, self.intervals)}")
         for name, v in self.derived.items():
-            ci = self.derived_intervals.get(name)
-            ci_s = f"  [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
-            lines.append(f"  {name:>12} = {v:.4g}{ci_s}")
+            lines.append(f"  {name:>12} = {v:.4g}{self._interval_text(name, self.derived_intervals)}")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _interval_text(self, name: str, intervals: Mapping[str, ConfidenceInterval]) -> str:
+        if name in self.unidentified:
+            return "  [not identified]"
+        ci = intervals.get(name)
+        return f"  [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from parcae_scaling.scaling.data import load_store
+from parcae_scaling.scaling.data import load_store, require_sweeps
 from parcae_scaling.scaling.effective_params import EffectiveParams
 from parcae_scaling.scaling.report import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
 from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, stability_figure, verdict
@@ -230,10 +230,7 @@ def build_report(store_url: str, sweeps: str | Sequence[str], out_dir: str | Pat
     out = Path(out_dir)
     sections: list[Section] = []
     with Store.open(store_url, upgrade=False) as store:
-        known = set(store.runs()["sweep"])
-        missing = [s for s in names if s not in known]
-        if missing:
-            raise ValueError(f"sweep(s) {missing} have no runs in {store_url}; recorded sweeps: {sorted(known)}")
+        require_sweeps(store, names, store_url)
         specs = {s: sweep_spec(store, s) for s in names}
         for s in names:
             sections.append(_attempt(f"Plan: {s}", lambda s=s: plan_section(store, s)))

@@ -8,8 +8,8 @@ Adding a backend is one file that calls `register`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
 
 from parcae_scaling.db import RunStatus
 from parcae_scaling.model.run_spec import RunSpec
@@ -36,6 +36,8 @@ class DispatchOptions:
     log_dir: str
     detach: bool = False
     heartbeat_s: float = 10.0
+    # run id -> the attempt its claim took: each worker writes fenced on it (sweeps/claims.py)
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -25,7 +25,7 @@ from typing import Sequence
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.run_spec import RunSpec, plan_tokens
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle, register
-from parcae_scaling.sweeps.claims import run_status, touch
+from parcae_scaling.sweeps.claims import release_unstarted, run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
 
 
@@ -73,7 +73,8 @@ class LocalBackend:
         log_dir = Path(options.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         manifest = log_dir / f"pool-{os.getpid()}-{time.time_ns()}.json"
-        manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs], "slots": [r.world_size for r in runs]}))
+        manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs], "slots": [r.world_size for r in runs],
+                                        "attempts": [options.attempts.get(r.run_id) for r in runs]}))
         cmd = [sys.executable, "-m", "parcae_scaling.sweeps.backend_local", "--store", options.store_url,
                "--manifest", str(manifest), "--max-workers", str(options.resources.max_concurrent),
                "--threads", str(options.resources.torch_threads), "--gpus-per-run", str(options.resources.gpus_per_run),
@@ -126,16 +127,18 @@ def _gpu_count() -> int:
 
 
 def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: int, gpus_per_run: int,
-             heartbeat_s: float, slots: list[int] | None = None) -> int:
+             heartbeat_s: float, slots: list[int] | None = None, attempts: list[int | None] | None = None) -> int:
     """Run every queued run, in order, with at most `max_workers` processes at once (a run of
-    world size N, `slots[i]`, takes N); returns how many failed."""
+    world size N, `slots[i]`, takes N); returns how many failed. SIGTERM or SIGINT stops it: the
+    workers get SIGTERM, and runs still queued become PREEMPTED at once (resumable)."""
     store = Store.open(store_url)
     need = dict(zip(run_ids, slots or [1] * len(run_ids)))
+    attempt_of = dict(zip(run_ids, attempts or [None] * len(run_ids)))
     queue = list(run_ids)
     gpus = list(range(_gpu_count())) if gpus_per_run > 0 else []
     if gpus:  # GPU packing: never more processes than whole GPU groups
         max_workers = min(max_workers, len(gpus) // gpus_per_run) or 1
-    running: dict[subprocess.Popen[bytes], tuple[list[int], int]] = {}
+    running: dict[subprocess.Popen[bytes], tuple[list[int], int, str]] = {}
     failures = 0
     stop = False
 
@@ -144,7 +147,9 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # Ctrl-C reaches the whole process group: stop like SIGTERM
     last_beat = 0.0
+    released = False
     while (queue and not stop) or running:
         for proc in [p for p in running if p.poll() is not None]:
             failures += proc.returncode != 0
@@ -155,7 +160,7 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
                              message=f"needs {need[run_id]} processes x {gpus_per_run} GPU(s) but this machine fits "
                                      f"{max_workers}; lower resources.nproc_per_node or run it on SLURM/Ray")
             failures += 1
-        while queue and not stop and sum(n for _, n in running.values()) + need[queue[0]] <= max_workers:
+        while queue and not stop and sum(n for _, n, _ in running.values()) + need[queue[0]] <= max_workers:
             run_id = queue.pop(0)
             if run_status(store, run_id) is not RunStatus.PENDING:
                 continue  # cancelled (or taken over) while queued: starting a worker would be waste
@@ -165,13 +170,21 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
             cmd = [sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", store_url,
                    "--run-id", run_id, "--threads", str(threads)]
-            running[subprocess.Popen(cmd, env=env)] = (mine, need[run_id])
+            if attempt_of.get(run_id) is not None:
+                cmd += ["--attempt", str(attempt_of[run_id])]
+            running[subprocess.Popen(cmd, env=env)] = (mine, need[run_id], run_id)
+        if stop and queue and not released:
+            known = {rid: a for rid, a in attempt_of.items() if rid in queue and a is not None}
+            release_unstarted(store, known, message="the local pool was stopped (SIGTERM/SIGINT) before the run "
+                                                     "started; `parcae-sweep resume` starts it")
+            released = True
         if stop:
             for proc in running:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
         if time.monotonic() - last_beat >= heartbeat_s:
-            touch(store, queue, status=RunStatus.PENDING)  # queued runs stay alive while we are
+            # queued runs, and started ones until their worker reports, stay alive while we are
+            touch(store, queue + [rid for _, _, rid in running.values()], status=RunStatus.PENDING)
             last_beat = time.monotonic()
         time.sleep(0.2)
     store.close()
@@ -189,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     manifest = json.loads(Path(a.manifest).read_text())
     failed = run_pool(a.store, manifest["run_ids"], max_workers=a.max_workers, threads=a.threads,
-                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat, slots=manifest.get("slots"))
+                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat, slots=manifest.get("slots"),
+                      attempts=manifest.get("attempts"))
     return 1 if failed else 0
 
 

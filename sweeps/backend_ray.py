@@ -21,7 +21,7 @@ from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHand
 
 
 def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float, gpus_per_run: int = 0,
-              cpus_per_run: int = 1) -> str:
+              cpus_per_run: int = 1, attempt: int | None = None) -> str:
     import ray
 
     from parcae_scaling.sweeps.ranks import ray_trainer
@@ -30,10 +30,11 @@ def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float
     task = ray.get_runtime_context().get_task_id()
     run = RunSpec.from_dict(spec)
     train = None if run.world_size == 1 else ray_trainer(
-        store_url, threads=torch_threads, heartbeat_s=heartbeat_s, use_gpu=gpus_per_run > 0, cpus_per_worker=cpus_per_run)
+        store_url, threads=torch_threads, heartbeat_s=heartbeat_s, use_gpu=gpus_per_run > 0, cpus_per_worker=cpus_per_run,
+        attempt=attempt)
     try:
         status = execute_run(run, store_url, job_id=f"ray:{task}", torch_threads=torch_threads,
-                             heartbeat_s=heartbeat_s, train=train)
+                             heartbeat_s=heartbeat_s, train=train, attempt=attempt)
     except Exception:  # recorded in the store by the worker; not a crash worth a Ray retry
         return RunStatus.FAILED.value
     return status.value
@@ -74,7 +75,7 @@ class RayBackend:
         for run in runs:
             task = single if run.world_size == 1 else multi
             ref = task.remote(run.to_dict(), options.store_url, r.torch_threads, options.heartbeat_s,
-                              r.gpus_per_run, r.cpus_per_run)
+                              r.gpus_per_run, r.cpus_per_run, options.attempts.get(run.run_id))
             job_id = f"ray:{ref.task_id().hex()}"
             self._refs[job_id] = ref
             handles.append(JobHandle(run_id=run.run_id, backend=self.name, job_id=job_id))

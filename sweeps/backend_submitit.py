@@ -52,8 +52,8 @@ class SlurmRun(Checkpointable):
     """The pickled callable of one SLURM job: run the RunSpec into the store."""
 
     def __init__(self, spec: dict, store_url: str, torch_threads: int, heartbeat_s: float,
-                 timeout_min: float = 60) -> None:
-        self.spec, self.store_url = spec, store_url
+                 timeout_min: float = 60, attempt: int | None = None) -> None:
+        self.spec, self.store_url, self.attempt = spec, store_url, attempt
         self.torch_threads, self.heartbeat_s, self.timeout_min = torch_threads, heartbeat_s, timeout_min
         self._started, self._timed_out = time.time(), False
 
@@ -84,10 +84,12 @@ class SlurmRun(Checkpointable):
 
             torch.set_num_threads(self.torch_threads)
             _install_sigterm()
-            return train_rank(run, self.store_url, rank=job.global_rank, heartbeat_s=self.heartbeat_s).status.value
+            return train_rank(run, self.store_url, rank=job.global_rank, heartbeat_s=self.heartbeat_s,
+                              attempt=self.attempt).status.value
         # This task is the worker, and rank 0 of a data-parallel run (in this process: train_run).
         status = execute_run(run, self.store_url, job_id=f"slurm:{job.job_id}", torch_threads=self.torch_threads,
-                             heartbeat_s=self.heartbeat_s, train=train_run, interruption=self.interruption_kind)
+                             heartbeat_s=self.heartbeat_s, train=train_run, interruption=self.interruption_kind,
+                             attempt=self.attempt)
         return status.value
 
 
@@ -128,7 +130,8 @@ class SubmititBackend:
                                               if self.partition or r.partition else {}))
                 with executor.batch():
                     submitted = [executor.submit(SlurmRun(run.to_dict(), options.store_url, r.torch_threads,
-                                                          options.heartbeat_s, r.time_limit_min)) for run in group]
+                                                          options.heartbeat_s, r.time_limit_min,
+                                                          options.attempts.get(run.run_id))) for run in group]
                 jobs.update({run.run_id: job for run, job in zip(group, submitted)})
         except Exception as exc:  # sbatch missing, bad partition, too many nodes ...
             raise BackendError(f"submitit could not submit to SLURM: {exc}; check `sinfo`, the partition and "

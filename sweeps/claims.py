@@ -1,24 +1,49 @@
-"""Atomic run-state transitions the dispatcher needs beyond the Store API.
+"""Atomic run-state transitions the dispatcher needs beyond the Store API, and the attempt fence.
 
 Each is one conditional UPDATE in one transaction (SQLite takes the write lock up front,
 PostgreSQL re-checks the WHERE clause after a concurrent commit), so two `launch` calls racing
 over the same sweep claim each run at most once, and a stale-heartbeat sweep never overwrites
 a run that heartbeated a moment ago.
+
+Every claim increments the run's `attempt`. A worker is told the attempt it was dispatched for
+and writes only through a `FencedStore`: each of its writes first checks, in the same
+transaction, that the run's attempt is still its own. A worker whose run was re-claimed (a
+stale window that declared it lost while it lived) has every write refused and stops, so a
+run is never trained by two live attempts.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
-from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.db import EvalRow, IngestReport, RunStatus, Store
 from parcae_scaling.db.schema import Run
+from parcae_scaling.db.store import MetricRow
 
 # Failure kinds `resume` retries from the checkpoint by default; others need --include-failed.
-RETRYABLE_KINDS = ("preempted", "timeout", "node_lost")
-FAILURE_KINDS = ("diverged", "oom", "timeout", "preempted", "node_lost", "error", "cancelled")
+# "locked": another worker holds the run's output directory (sweeps/worker.py); retrying at once
+# would only fail again, so it waits for the user like "error".
+RETRYABLE_KINDS = ("preempted", "timeout", "node_lost", "disk_full")
+FAILURE_KINDS = ("diverged", "oom", "timeout", "preempted", "node_lost", "disk_full", "error", "locked", "cancelled")
+# Liveness: a run is lost after `stale_after_s` without a heartbeat. Below a few heartbeats one
+# late beat (a busy disk, a slow store) would declare a live run lost and let it be re-dispatched.
+MIN_HEARTBEAT_S = 0.1  # below this the heartbeat thread and the pool's queue beats busy-loop
+MIN_BEATS_PER_WINDOW = 3
+
+
+def check_liveness(*, heartbeat_s: float, stale_after_s: float) -> None:
+    """Refuse a heartbeat interval or stale window that could declare a live run lost."""
+    if not heartbeat_s >= MIN_HEARTBEAT_S:  # also NaN
+        raise ValueError(f"--heartbeat {heartbeat_s:g}: the heartbeat interval must be >= {MIN_HEARTBEAT_S:g} s; "
+                         "use e.g. --heartbeat 10 (the default)")
+    if not stale_after_s >= MIN_BEATS_PER_WINDOW * heartbeat_s:
+        raise ValueError(f"--stale-after {stale_after_s:g}: a run is declared lost only after at least "
+                         f"{MIN_BEATS_PER_WINDOW} missed heartbeats of {heartbeat_s:g} s; use --stale-after >= "
+                         f"{MIN_BEATS_PER_WINDOW * heartbeat_s:g} (or a shorter --heartbeat)")
 
 
 def _now() -> datetime:
@@ -26,12 +51,13 @@ def _now() -> datetime:
 
 
 def claim_runs(store: Store, run_ids: Sequence[str], *, backend: str, statuses: Iterable[RunStatus],
-               failure_kinds: Iterable[str] | None = None) -> list[str]:
+               failure_kinds: Iterable[str] | None = None) -> dict[str, int]:
     """Move runs currently in `statuses` (and, for failed ones, with a failure kind in
-    `failure_kinds`; None = any) to PENDING on `backend`; returns the ids this call won."""
+    `failure_kinds`; None = any) to PENDING on `backend`; returns the ids this call won, each
+    with the attempt number it claimed (the fence its worker writes under)."""
     statuses = [RunStatus(s).value for s in statuses]
     kinds = None if failure_kinds is None else list(failure_kinds)
-    won: list[str] = []
+    won: dict[str, int] = {}
     now = _now()
     with store.engine.begin() as conn:
         for run_id in run_ids:
@@ -41,8 +67,8 @@ def claim_runs(store: Store, run_ids: Sequence[str], *, backend: str, statuses: 
             res = conn.execute(update(Run).where(cond).values(
                 status=RunStatus.PENDING.value, status_at=now, heartbeat=now, backend=backend, job_id=None,
                 attempt=Run.attempt + 1, failure_kind=None, failure_message=None, ended=None))
-            if res.rowcount:
-                won.append(run_id)
+            if res.rowcount:  # read back inside the transaction: nobody can claim it in between
+                won[run_id] = conn.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one()
     return won
 
 
@@ -86,9 +112,11 @@ def touch(store: Store, run_ids: Sequence[str], *, status: RunStatus | None = No
         conn.execute(update(Run).where(cond).values(heartbeat=_now()))
 
 
-def mark_stale(store: Store, sweep: str | None, *, stale_after_s: float) -> list[str]:
+def mark_stale(store: Store, sweep: str | None, *, stale_after_s: float, heartbeat_s: float = 10.0) -> list[str]:
     """Runs whose heartbeat stopped: RUNNING ones anywhere, PENDING ones of the local backend
-    (whose pool heartbeats its queue). They become FAILED with kind node_lost (resumable)."""
+    (whose pool heartbeats its queue). They become FAILED with kind node_lost (resumable).
+    `heartbeat_s` is the workers' interval: the window must span several of them."""
+    check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)
     cutoff = _now() - timedelta(seconds=stale_after_s)
     stale_cond = and_(
         Run.heartbeat < cutoff,
@@ -107,3 +135,104 @@ def mark_stale(store: Store, sweep: str | None, *, stale_after_s: float) -> list
             if res.rowcount:
                 lost.append(run_id)
     return lost
+
+
+def settle_claimed(store: Store, attempts: Mapping[str, int], *, live: Iterable[RunStatus], status: RunStatus,
+                   failure_kind: str, message: str) -> list[str]:
+    """The dispatcher's own end for runs it claimed: those still in `live` under the attempt it
+    claimed become `status`. A run that was claimed again since (a newer attempt) is not ours to
+    touch. Returns the ids changed."""
+    changed: list[str] = []
+    now = _now()
+    values: dict[str, Any] = dict(status=status.value, status_at=now, failure_kind=failure_kind,
+                                  failure_message=message)
+    if status.is_final:
+        values["ended"] = now
+    with store.engine.begin() as conn:
+        for run_id, attempt in attempts.items():
+            res = conn.execute(update(Run).where(
+                Run.id == run_id, Run.attempt == attempt, Run.status.in_([RunStatus(s).value for s in live]))
+                .values(**values))
+            if res.rowcount:
+                changed.append(run_id)
+    return changed
+
+
+def release_unstarted(store: Store, attempts: Mapping[str, int], *, message: str) -> list[str]:
+    """Claimed runs still PENDING (never started: their dispatcher or pool was interrupted)
+    become PREEMPTED at once, so plain `resume` re-dispatches them without waiting out the stale
+    window. A started run is left to its worker (which records its own interruption)."""
+    return settle_claimed(store, attempts, live=[RunStatus.PENDING], status=RunStatus.PREEMPTED,
+                          failure_kind="preempted", message=message)
+
+
+def current_attempt(store: Store, run_id: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one())
+
+
+class Superseded(BaseException):
+    """This worker's attempt is no longer the run's current one (the run was re-claimed): its
+    writes are refused and it must stop. A BaseException, so no `except Exception` swallows it."""
+
+
+class FencedStore:
+    """The store as one attempt of one run sees it: the writes a worker and its sinks make
+    (`StoreSink` needs log_metric_rows, log_evals, update_run and heartbeat), each refused with
+    `Superseded` unless the run's attempt is still `attempt`. The check is an UPDATE of the
+    run's row in the write's own transaction, so a concurrent claim waits for it or wins first."""
+
+    def __init__(self, store: Store, run_id: str, attempt: int) -> None:
+        self.store, self.run_id, self.attempt = store, run_id, attempt
+
+    def _guard(self, conn: Connection) -> None:
+        res = conn.execute(update(Run).where(Run.id == self.run_id, Run.attempt == self.attempt)
+                           .values(heartbeat=_now()))
+        if not res.rowcount:  # read on this connection: a second one would wait for our own write lock
+            now = conn.execute(select(Run.attempt).where(Run.id == self.run_id)).scalar_one_or_none()
+            raise Superseded(f"run {self.run_id}: attempt {self.attempt} was superseded (the run was claimed again, "
+                             f"now attempt {now}); this worker stops (pid {os.getpid()})")
+
+    def _own(self, run_id: str) -> None:
+        if run_id != self.run_id:
+            raise ValueError(f"a worker of run {self.run_id} cannot write rows of run {run_id}")
+
+    def check(self) -> None:
+        """Raise Superseded unless this attempt is still current (also a heartbeat)."""
+        with self.store.engine.begin() as conn:
+            self._guard(conn)
+
+    def heartbeat(self, run_id: str) -> None:
+        self._own(run_id)
+        self.check()
+
+    def log_metric_rows(self, rows: Iterable[MetricRow]) -> None:
+        batch = [(run_id, name, int(step), float(value)) for run_id, step, name, value in rows]
+        for run_id in {row[0] for row in batch}:
+            self._own(run_id)
+        with self.store.engine.begin() as conn:
+            self._guard(conn)
+            if batch:
+                self.store._insert_metrics(conn, batch)
+
+    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
+        self._own(run_id)
+        with self.store.engine.begin() as conn:
+            self._guard(conn)
+            if rows:
+                self.store._upsert_evals(conn, run_id, rows)
+
+    def update_run(self, run_id: str, *, status: RunStatus | None = None, step: int | None = None,
+                   message: str | None = None, failure_kind: str | None = None, job_id: str | None = None,
+                   **_: Any) -> bool:
+        self._own(run_id)
+        with self.store.engine.begin() as conn:
+            self._guard(conn)
+            return self.store._update_run(conn, run_id, status, step, message, failure_kind, None, job_id, None,
+                                          _now())
+
+    def ingest_run_dir(self, path: str | os.PathLike[str]) -> IngestReport:
+        """The run directory's metric and eval files into the store (idempotent: replayed rows
+        are ignored), after checking this attempt is current."""
+        self.check()
+        return self.store.ingest_run_dir(self.run_id, path)

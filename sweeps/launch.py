@@ -9,10 +9,11 @@ another directory still trains into the recorded output directory.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -20,7 +21,11 @@ from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.db.records import run_record_from_spec
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
-from parcae_scaling.sweeps.claims import RETRYABLE_KINDS, claim_runs, mark_stale, recorded_sweeps, set_job_ids, sweep_spec
+from parcae_scaling.faults import fault_point
+from parcae_scaling.sweeps.claims import (
+    RETRYABLE_KINDS, check_liveness, claim_runs, mark_stale, recorded_sweeps, release_unstarted, set_job_ids,
+    settle_claimed, sweep_spec, touch,
+)
 from parcae_scaling.sweeps.plan import Plan
 from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
 
@@ -98,50 +103,71 @@ def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options:
              statuses: Sequence[RunStatus], failure_kinds: Sequence[str] | None = None,
              stale_after_s: float = DEFAULT_STALE_AFTER_S, poll_s: float = 1.0,
              sweep: str | None = None) -> tuple[list[str], list[JobHandle]]:
-    """Claim the runs that are in `statuses`, submit them, and (unless detached) wait for them."""
+    """Claim the runs that are in `statuses`, submit them, and (unless detached) wait for them.
+
+    Interrupted (Ctrl-C) while submitting or waiting, the runs it claimed that never started
+    become PREEMPTED at once (plain `resume` re-dispatches them); started runs are their
+    workers' to record."""
+    check_liveness(heartbeat_s=options.heartbeat_s, stale_after_s=stale_after_s)
     if options.detach and not backend.can_detach:
         raise ValueError(f"the {backend.name} backend cannot detach (its jobs die with this process); "
                          "launch without --detach or use the local or submitit backend")
     claimed = claim_runs(store, run_ids, backend=backend.name, statuses=statuses, failure_kinds=failure_kinds)
     if not claimed:
         return [], []
+    fault_point("claim")
+    options = dataclasses.replace(options, attempts=claimed)
     try:
-        handles = backend.submit(_stored_specs(store, claimed), options)
-    except BaseException as exc:
-        for rid in claimed:  # nothing was started: give the claims back as failures to retry
-            store.update_run(rid, status=RunStatus.FAILED, failure_kind="node_lost",
-                             message=f"submission failed: {type(exc).__name__}: {exc}")
+        handles = backend.submit(_stored_specs(store, list(claimed)), options)
+    except KeyboardInterrupt:
+        release_unstarted(store, claimed, message="interrupted (Ctrl-C) before it was submitted")
+        raise
+    except BaseException as exc:  # nothing was started: give the claims back as failures to retry
+        settle_claimed(store, claimed, live=[RunStatus.PENDING], status=RunStatus.FAILED, failure_kind="node_lost",
+                       message=f"submission failed: {type(exc).__name__}: {exc}")
         raise
     set_job_ids(store, {h.run_id: h.job_id for h in handles})
     if not options.detach:
-        wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep)
-    return claimed, handles
+        try:
+            wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep,
+                 heartbeat_s=options.heartbeat_s, attempts=claimed)
+        except KeyboardInterrupt:
+            release_unstarted(store, claimed, message="interrupted (Ctrl-C) before it started")
+            raise
+    return list(claimed), handles
 
 
 def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_after_s: float,
-         poll_s: float = 1.0, sweep: str | None = None) -> None:
-    """Block until the backend knows none of the jobs any more and no run of them is live."""
-    run_ids = {h.run_id for h in handles}
+         poll_s: float = 1.0, sweep: str | None = None, heartbeat_s: float = 10.0,
+         attempts: Mapping[str, int] | None = None) -> None:
+    """Block until the backend knows none of the jobs any more and no run of them is live.
+    `attempts` (run id -> the attempt claimed) limits the final node_lost verdict to runs that
+    are still the claimed attempt: a run claimed again meanwhile belongs to its new dispatcher."""
     job_ids = sorted({h.job_id for h in handles})
     while True:
         native = backend.poll(job_ids)
-        mark_stale(store, sweep, stale_after_s=stale_after_s)
+        # A queued run whose job the backend still runs is alive (a starting pool has not beaten yet).
+        touch(store, [h.run_id for h in handles if native.get(h.job_id) is not None and not native[h.job_id].is_final],
+              status=RunStatus.PENDING)
+        mark_stale(store, sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
         if all(state is None or state.is_final for state in native.values()):
             break
         time.sleep(poll_s)
-    df = store.runs(sweep)
-    live = df[df["run_id"].isin(run_ids) & df["status"].isin([RunStatus.PENDING.value, RunStatus.RUNNING.value])]
-    for rid in live["run_id"]:  # the backend is done with them but they never reported an end
-        store.update_run(rid, status=RunStatus.FAILED, failure_kind="node_lost",
-                         message="the backend reports the job ended but the run never reported an end")
+    if attempts is None:
+        runs = store.runs(sweep).set_index("run_id")["attempt"]
+        attempts = {h.run_id: int(runs[h.run_id]) for h in handles if h.run_id in runs.index}
+    # the backend is done with them but they never reported an end
+    settle_claimed(store, attempts, live=[RunStatus.PENDING, RunStatus.RUNNING], status=RunStatus.FAILED,
+                   failure_kind="node_lost", message="the backend reports the job ended but the run never reported an end")
 
 
 def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach: bool = False,
            allow_drift: bool = False, log_dir: str | None = None, heartbeat_s: float = 10.0,
            stale_after_s: float = DEFAULT_STALE_AFTER_S, resources: ResourceSpec | None = None) -> LaunchReport:
     """Record the plan and dispatch every run not yet claimed (PLANNED). Safe to repeat."""
+    check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)  # before anything is recorded
     new = record_plan(store, plan, allow_drift=allow_drift)
-    lost = mark_stale(store, plan.sweep, stale_after_s=stale_after_s)
+    lost = mark_stale(store, plan.sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
     options = DispatchOptions(store_url=store_url, resources=resources or plan.spec.resources,
                               log_dir=log_dir or str(Path(plan.spec.output_root) / plan.sweep / "_logs"),
                               detach=detach, heartbeat_s=heartbeat_s)
@@ -166,6 +192,7 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
     """Mark stale runs lost, then re-dispatch planned, preempted and retryable failed runs (all
     failed kinds but diverged with include_failed) from their checkpoints. Given `spec`, it must
     match the recorded one unless allow_drift (then its new runs are recorded too)."""
+    check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)  # before anything is recorded
     recorded = recorded_spec(store, sweep)
     if spec is not None:
         from parcae_scaling.sweeps.plan import plan as make_plan
@@ -175,8 +202,8 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
 
         record_plan(store, make_plan(spec), allow_drift=allow_drift)
         recorded = spec
-    lost = mark_stale(store, sweep, stale_after_s=stale_after_s)
-    kinds = list(RETRYABLE_KINDS) + (["oom", "error", "cancelled"] if include_failed else [])
+    lost = mark_stale(store, sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
+    kinds = list(RETRYABLE_KINDS) + (["oom", "error", "locked", "cancelled"] if include_failed else [])
     statuses = [RunStatus.PLANNED, RunStatus.PREEMPTED, RunStatus.FAILED]
     if include_failed:
         statuses.append(RunStatus.CANCELLED)
@@ -231,7 +258,9 @@ def status_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
         last = latest.to_dict("index")
     out = runs[["run_id", "sweep", "model_size", "mu_rec", "budget_flops", "tokens", "status", "attempt",
                 "backend", "job_id", "heartbeat", "failure_kind", "failure_message"]].copy()
-    out["tokens_done"] = [int(last.get(r, {}).get("tokens", 0) or 0) for r in out["run_id"]]
+    # A run with no `tokens` row (diverged before its first log) unstacks to NaN beside runs with one.
+    done = (last.get(r, {}).get("tokens") for r in out["run_id"])
+    out["tokens_done"] = [int(v) if pd.notna(v) else 0 for v in done]
     out.loc[out["status"] == RunStatus.SUCCEEDED.value, "tokens_done"] = out["tokens"]
     out["last_loss"] = [last.get(r, {}).get("loss", float("nan")) for r in out["run_id"]]
     out["progress"] = out["tokens_done"] / out["tokens"].clip(lower=1)

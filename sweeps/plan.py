@@ -20,7 +20,7 @@ from typing import Any
 
 from parcae_scaling.model.config import ModelConfig, get_config
 from parcae_scaling.model.params import parameter_breakdown
-from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
+from parcae_scaling.model.run_spec import DataSpec, FieldError, RunSpec, TokenPlan, plan_tokens
 from parcae_scaling.sweeps.cost import wall_hours
 from parcae_scaling.sweeps.spec import SpecError, SweepSpec
 
@@ -171,7 +171,7 @@ def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[Ru
     res = spec.resources
     if res.world_size > 1:  # placement only: same global batch, same id (checked by the spec)
         run = run.with_world_size(res.nproc_per_node, res.nodes).replace(sharding=res.sharding)
-    return run.replace(output_dir=str(output_root / run_id)), run_id
+    return run.with_output_dir(str(output_root / run_id)), run_id
 
 
 def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
@@ -179,8 +179,8 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     try:
         tp = _token_plan(run.model, run.flop_convention, run.budget_flops, run.tokens, run.batch_size,
                          run.global_micro_batches)
-    except ValueError as exc:
-        raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc}",
+    except FieldError as exc:
+        raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc.why}",
                         "raise the budget or lower recipe.batch_size / model_overrides.seq_len") from None
     total, non_emb = _params(run.model)
     problems = []
@@ -201,8 +201,30 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     )
 
 
-def plan(spec: SweepSpec) -> Plan:
-    """Every run of a sweep as a PlannedRun (ordered by model, budget/tokens, mu_rec, seed)."""
+def check_data_files(spec: SweepSpec) -> None:
+    """Every data path or glob matches a file, and a tokenizer file exists: a missing file is
+    found now, naming it, not after the runs are claimed and dispatched. Relative paths are
+    relative to the current directory, as they are for the workers."""
+    data: DataSpec = spec.data
+    if not (data.train_paths or data.val_paths or data.tokenizer_path):
+        return  # the embedded corpus: nothing to look for (and no torch import)
+    from parcae_scaling.model.data import expand_paths
+
+    try:
+        for name in ("train_paths", "val_paths"):
+            expand_paths(getattr(data, name), field=name)
+    except FieldError as exc:
+        raise SpecError(spec.source, f"data.{exc.field_name}", exc.why, exc.fix) from None
+    if data.tokenizer_path is not None and not Path(data.tokenizer_path).expanduser().is_file():
+        raise SpecError(spec.source, "data.tokenizer_path", f"{data.tokenizer_path!r} is not a file",
+                        "give the path of the tokenizer.json")
+
+
+def plan(spec: SweepSpec, *, check_files: bool = True) -> Plan:
+    """Every run of a sweep as a PlannedRun (ordered by model, budget/tokens, mu_rec, seed).
+    With check_files, data files must exist here (see `check_data_files`)."""
+    if check_files:
+        check_data_files(spec)
     output_root = Path(spec.output_root).resolve() / spec.name
     baseline_zip = tuple(a for a in spec.zip if a not in ("models", "mu_rec"))
     combos = _combinations(spec, spec.models, spec.zip) + (
@@ -216,9 +238,9 @@ def plan(spec: SweepSpec) -> Plan:
             if key in seen_fixed:
                 continue
             seen_fixed.add(key)
-        if run_id in runs:
-            raise SpecError(spec.source, "models", f"duplicate run {run_id} ({run.model.name}, "
+        if run_id in runs:  # the spec refuses repeated axis values; this guards what it cannot see
+            raise SpecError(spec.source, "<runs>", f"duplicate run {run_id} ({run.model.name}, "
                             f"mu_rec={run.mu_rec}, budget={run.budget_flops}, tokens={run.tokens}, seed={run.seed})",
-                            "remove repeated values from the axes (or a baseline also listed in models)")
+                            "remove values that give the same run twice")
         runs[run_id] = _planned(spec, run, run_id)
     return Plan(spec=spec, runs=tuple(runs.values()))

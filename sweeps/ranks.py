@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from parcae_scaling.db import Store, StoreSink
+from parcae_scaling.db import Store
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
@@ -58,28 +58,35 @@ class RankFailure(RuntimeError):
 # ---- the ranks ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def rank_sink(store_url: str, rank: int, *, heartbeat_s: float) -> Iterator["MetricsSink"]:
-    """Rank 0: a StoreSink into the store (FAILED held back for the worker to classify); any
-    other rank: a NullSink, without opening the store."""
+def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | None = None,
+              attempt: int | None = None) -> Iterator["MetricsSink"]:
+    """Rank 0: the worker's sink (run directory and store, fenced on the worker's attempt,
+    FAILED held back for the worker to classify); any other rank: a NullSink, without opening
+    the store."""
     from parcae_scaling.model.distributed import NullSink
-    from parcae_scaling.sweeps.worker import _ClassifyingSink
+    from parcae_scaling.sweeps.claims import FencedStore, current_attempt
+    from parcae_scaling.sweeps.worker import run_sink
 
     if rank != 0:
         yield NullSink()
         return
     store = Store.open(store_url)
     try:
-        with StoreSink(store, flush_interval_s=min(heartbeat_s, 10.0)) as sink:
-            yield _ClassifyingSink(sink)
+        if run is None:
+            raise ValueError("rank_sink: rank 0 writes the run's directory and store rows; pass run=")
+        fenced = FencedStore(store, run.run_id, current_attempt(store, run.run_id) if attempt is None else attempt)
+        with run_sink(fenced, run, heartbeat_s=heartbeat_s) as sink:
+            yield sink
     finally:
         store.close()
 
 
-def train_rank(run: RunSpec, store_url: str, *, rank: int, heartbeat_s: float) -> "RunResult":
+def train_rank(run: RunSpec, store_url: str, *, rank: int, heartbeat_s: float,
+               attempt: int | None = None) -> "RunResult":
     """Train this process's rank of `run` (every rank calls this with the same spec)."""
     from parcae_scaling.model.train import train_run
 
-    with rank_sink(store_url, rank, heartbeat_s=heartbeat_s) as sink:
+    with rank_sink(store_url, rank, heartbeat_s=heartbeat_s, run=run, attempt=attempt) as sink:
         return train_run(run, sink)
 
 
@@ -133,13 +140,14 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reports", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--heartbeat", type=float, default=10.0)
+    p.add_argument("--attempt", type=int, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = RunSpec.from_json(Path(args.spec).read_text())
     rank = environ_rank()
     _install_sigterm()  # torchrun stops the survivors of a failed rank with SIGTERM
     try:
-        train_rank(run, args.store, rank=rank, heartbeat_s=args.heartbeat)
+        train_rank(run, args.store, rank=rank, heartbeat_s=args.heartbeat, attempt=args.attempt)
     except BaseException as exc:
         # torchrun's SIGTERM to the survivors may land while this rank handles its own error: the
         # report must still be written (a rank without one would count as killed)
@@ -173,15 +181,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: float = 10.0) -> "RunResult":
+def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: float = 10.0,
+                attempt: int | None = None) -> "RunResult":
     """Train `run` on run.nproc_per_node local processes (torchrun); raises RankFailure if a rank
     failed, and stops every rank when this process is interrupted (SIGTERM: cancel, preemption)."""
     from parcae_scaling.model.dist_launch import LAUNCH_LOG_FILE, start_local
 
     reports = Path(tempfile.mkdtemp(prefix=f"parcae-ranks-{run.run_id}-"))
     try:
+        fence = ("--attempt", str(attempt)) if attempt is not None else ()
         proc = start_local(run, threads=threads, entry=_ENTRY,
-                           args=("--store", store_url, "--reports", str(reports), "--heartbeat", str(heartbeat_s)))
+                           args=("--store", store_url, "--reports", str(reports), "--heartbeat", str(heartbeat_s), *fence))
         try:
             code = proc.wait()
         except BaseException:
@@ -195,11 +205,11 @@ def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: 
         shutil.rmtree(reports, ignore_errors=True)
 
 
-def torchrun_trainer(store_url: str, *, threads: int, heartbeat_s: float) -> "TrainFn":
+def torchrun_trainer(store_url: str, *, threads: int, heartbeat_s: float, attempt: int | None = None) -> "TrainFn":
     """execute_run's trainer for a multi-process run on this node (the worker's sink stays unused:
-    rank 0 writes the metrics)."""
+    rank 0 writes the metrics, fenced on the worker's attempt)."""
     def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
-        return train_local(run, store_url, threads=threads, heartbeat_s=heartbeat_s)
+        return train_local(run, store_url, threads=threads, heartbeat_s=heartbeat_s, attempt=attempt)
 
     return train
 
@@ -212,11 +222,12 @@ def _ray_rank(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(int(config["threads"]))
     run = RunSpec.from_json(config["spec"])
-    train_rank(run, config["store_url"], rank=current_rank(), heartbeat_s=float(config["heartbeat_s"]))
+    train_rank(run, config["store_url"], rank=current_rank(), heartbeat_s=float(config["heartbeat_s"]),
+               attempt=config.get("attempt"))
 
 
 def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bool,
-                cpus_per_worker: float) -> "TrainFn":
+                cpus_per_worker: float, attempt: int | None = None) -> "TrainFn":
     """execute_run's trainer for a multi-process run on Ray Train (one placement group of
     run.world_size workers); a lost Ray worker is node_lost, any other failure classified."""
     from parcae_scaling.model.dist_launch import ray_train_run
@@ -224,7 +235,8 @@ def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bo
     def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
         try:
             ray_train_run(run, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, worker=_ray_rank,
-                          config={"store_url": store_url, "heartbeat_s": heartbeat_s, "threads": threads})
+                          config={"store_url": store_url, "heartbeat_s": heartbeat_s, "threads": threads,
+                                  "attempt": attempt})
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
             kind = ("node_lost" if any(name in text for name in _RAY_LOST)

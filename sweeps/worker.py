@@ -5,40 +5,65 @@ classify how it ended.
 call. It skips runs already succeeded or cancelled, heartbeats from a thread, turns SIGTERM into
 a clean "preempted" stop (the periodic checkpoint is where `resume` picks up), and records the
 failure kind (diverged, oom, error with traceback) itself: the training loop's own FAILED event
-is held back so that the classified one is the one stored.
+is held back so that the classified one is the one stored. Ctrl-C (KeyboardInterrupt) is a
+preemption too: resumable by default.
 
-    python -m parcae_scaling.sweeps.worker --store sqlite:///parcae.sqlite --run-id <id>
+One attempt, one writer: the worker writes under the attempt number its dispatcher claimed
+(claims.FencedStore: a superseded attempt's writes are refused and it stops), and it holds an
+exclusive lock on `<output_dir>/worker.lock` for its lifetime, so a second worker on the same
+directory fails at once (kind "locked") instead of training alongside.
+
+Everything the run reports also goes to its output directory (db/files.RunDirSink: append-only
+metrics.jsonl, evals.jsonl, status.jsonl), so a finished run directory is complete on its own:
+a worker that finds its run already finished there (summary.json) ingests it into the store
+instead of training again (a new store beside old runs, a kill before the final report).
+
+    python -m parcae_scaling.sweeps.worker --store sqlite:///parcae.sqlite --run-id <id> [--attempt N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
-from parcae_scaling.db import EvalRow, RunStatus, Store, StoreSink
+from parcae_scaling.db import EvalRow, RunDirSink, RunStatus, Store, StoreSink
+from parcae_scaling.db.files import METRICS_FILE
+from parcae_scaling.faults import fault_point
 from parcae_scaling.model.run_spec import RunSpec
-from parcae_scaling.sweeps.claims import run_status
+from parcae_scaling.sweeps.claims import FencedStore, Superseded, current_attempt, run_status
 
 HEARTBEAT_ENV = "PARCAE_HEARTBEAT_S"
 # Dispatch benchmark only (bench/dispatch_overhead.py): record the run as succeeded without training.
 NOOP_ENV = "PARCAE_NOOP_RUNS"
 DEFAULT_HEARTBEAT_S = 10.0
+LOCK_FILE = "worker.lock"
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (cancel, preemption): not an Exception, so the loop does not swallow it."""
 
 
-class _ClassifyingSink:
-    """Pass everything to the store sink except FAILED statuses (the worker classifies those)."""
+class OutputDirLocked(RuntimeError):
+    """Another live worker holds the run's output directory. Not retried by plain `resume`:
+    the holder is still training (or stopping), and a retry now would fail the same way."""
 
-    def __init__(self, inner: StoreSink) -> None:
+    failure_kind = "locked"
+
+
+class _ClassifyingSink:
+    """Pass everything to the inner sink except FAILED statuses (the worker classifies those)."""
+
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
@@ -59,29 +84,79 @@ class _ClassifyingSink:
         self.inner.close()
 
 
+class _TeeSink:
+    """The run directory first (buffered appends; durable at each flush), then the store."""
+
+    def __init__(self, run_dir: RunDirSink, store: StoreSink) -> None:
+        self.run_dir, self.store = run_dir, store
+
+    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
+        self.run_dir.log_metrics(run_id, step, values)
+        self.store.log_metrics(run_id, step, values)
+
+    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
+        self.run_dir.log_evals(run_id, rows)
+        self.store.log_evals(run_id, rows)
+
+    def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
+                      message: str | None = None) -> None:
+        fault_point("status_update")
+        self.run_dir.update_status(run_id, status, step=step, message=message)
+        self.store.update_status(run_id, status, step=step, message=message)
+
+    def flush(self) -> None:
+        self.run_dir.flush()
+        self.store.flush()
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            self.run_dir.close()
+
+
+@contextlib.contextmanager
+def run_sink(fenced: FencedStore, run: RunSpec, *, heartbeat_s: float) -> Iterator[_ClassifyingSink]:
+    """The sink a run's writer (the worker, or rank 0 of a data-parallel run) trains through:
+    run directory and store (fenced on the attempt), FAILED held back for the worker."""
+    with RunDirSink(run.output_dir) as files, \
+            StoreSink(fenced, flush_interval_s=min(heartbeat_s, 10.0)) as sink:  # type: ignore[arg-type]
+        yield _ClassifyingSink(_TeeSink(files, sink))
+
+
 def classify(exc: BaseException) -> str:
     import torch
 
     if getattr(exc, "failure_kind", None):  # already classified (sweeps/ranks.RankFailure: a rank's failure)
         return str(exc.failure_kind)  # type: ignore[attr-defined]
-    if isinstance(exc, (Terminated, SystemExit)):  # SystemExit: submitit's requeue on timeout/preemption
+    # SystemExit: submitit's requeue on timeout/preemption; KeyboardInterrupt: Ctrl-C, a user's preemption
+    if isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt)):
         return "preempted"
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return "oom"
     return "error"
 
 
-def _heartbeat_loop(store: Store, run_id: str, every_s: float, stop: threading.Event) -> None:
-    """Beat, and stop this process when the run was cancelled in the store: `cancel` then works
-    on every backend from any shell, native cancellation is only the fast path."""
+def _heartbeat_loop(store: FencedStore, run_id: str, every_s: float, stop: threading.Event) -> None:
+    """Beat, and stop this process when the run was cancelled in the store or its attempt was
+    superseded: `cancel` then works on every backend from any shell, native cancellation is
+    only the fast path. A failed beat is retried at the next one; the first is logged."""
+    logged = False
     while not stop.wait(every_s):
         try:
             store.heartbeat(run_id)
-            if run_status(store, run_id) is RunStatus.CANCELLED:
+            if run_status(store.store, run_id) is RunStatus.CANCELLED:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
-        except Exception:  # a missed beat is harmless; a dead process is what stale detection is for
-            pass
+        except Superseded as exc:  # no signal (an exception mid-write could strand a transaction):
+            # the training's next write through the fenced sink raises Superseded and stops it
+            print(f"parcae worker: {exc}", file=sys.stderr, flush=True)
+            return
+        except Exception as exc:  # a missed beat is harmless; a dead process is what stale detection is for
+            if not logged:
+                print(f"parcae worker: run {run_id}: heartbeat failed ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:300]}); retrying every {every_s:g} s", file=sys.stderr, flush=True)
+                logged = True
 
 
 def _install_sigterm() -> object | None:
@@ -95,8 +170,6 @@ def _install_sigterm() -> object | None:
 
 def _announce_resume(run: RunSpec) -> None:
     """One log line saying where a restarted run picks up (the job logs then show every resume)."""
-    from pathlib import Path
-
     from parcae_scaling.model.checkpoint import CHECKPOINT_FILE
 
     if (Path(run.output_dir) / CHECKPOINT_FILE).exists():
@@ -109,13 +182,72 @@ def _announce_resume(run: RunSpec) -> None:
         print(f"parcae worker: run {run.run_id} resumes from its checkpoint at step {step}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def lock_output_dir(run: RunSpec, attempt: int) -> Iterator[None]:
+    """Hold an exclusive flock on the run's output directory for this block (released by the
+    kernel if this process dies); OutputDirLocked at once if another process holds it."""
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    f: IO[str] = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise OutputDirLocked(
+                f"{path} is held by another worker ({holder}), which is still running run {run.run_id}; this "
+                f"worker (attempt {attempt}, pid {os.getpid()}) did not start; wait for that process to end, then "
+                "`parcae-sweep resume SWEEP --include-failed`") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, attempt {attempt}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+def _finished_summary(run: RunSpec) -> Any | None:
+    """The run's summary.json result if it records this run as succeeded, else None."""
+    from parcae_scaling.model.train import SUMMARY_FILE, RunResult
+
+    path = Path(run.output_dir) / SUMMARY_FILE
+    if not path.exists():
+        return None
+    done = RunResult.from_dict(json.loads(path.read_text()))
+    return done if done.status is RunStatus.SUCCEEDED and done.run_id == run.run_id else None
+
+
+def _ingest_finished(run: RunSpec, fenced: FencedStore, done: Any) -> RunStatus:
+    """A run that finished in its output directory but not in the store: its metrics and evals
+    from the directory (idempotent), its evals and status from summary.json."""
+    out = Path(run.output_dir)
+    has_metrics = (out / METRICS_FILE).exists()
+    if has_metrics or any(out.glob("*.jsonl")):
+        fenced.ingest_run_dir(out)
+    fenced.log_evals(run.run_id, list(done.evals))
+    note = ("its metrics, evals and status were ingested from the run directory" if has_metrics else
+            f"its evals and status come from {out / 'summary.json'}; the directory holds no {METRICS_FILE} "
+            "(written before runs kept their metrics there), so the store has no per-step metrics for it")
+    print(f"parcae worker: run {run.run_id} had already finished in {out}: {note}", file=sys.stderr, flush=True)
+    fenced.update_run(run.run_id, status=RunStatus.SUCCEEDED, step=done.steps_done)
+    return RunStatus.SUCCEEDED
+
+
 def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torch_threads: int = 1,
                 heartbeat_s: float | None = None, train: Callable[..., Any] | None = None,
-                interruption: Callable[[BaseException], str | None] | None = None) -> RunStatus:
+                interruption: Callable[[BaseException], str | None] | None = None,
+                attempt: int | None = None) -> RunStatus:
     """Train `run` (resuming from its checkpoint) with metrics into the store; returns its final status.
 
+    `attempt` is the attempt number the dispatcher claimed (claims.claim_runs); every write is
+    fenced on it. None (a direct call) takes the run's current attempt.
+
     `interruption(exc)` lets a backend that knows more name the failure kind (submitit: timeout or
-    preempted); None falls back to `classify`. A SIGTERM or a requeue exit leaves the run PREEMPTED.
+    preempted); None falls back to `classify`. A SIGTERM, Ctrl-C or a requeue exit leaves the run
+    PREEMPTED.
 
     `train(run, sink) -> RunResult` defaults to `train_run` in this process, or for a
     multi-process run to torchrun on this node (sweeps/ranks.py: rank 0 writes the metrics)."""
@@ -124,51 +256,85 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
     from parcae_scaling.model.train import train_run
 
     heartbeat_s = heartbeat_s or float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
-    if train is None and run.world_size > 1:
-        from parcae_scaling.sweeps.ranks import torchrun_trainer
-
-        train = torchrun_trainer(store_url, threads=torch_threads, heartbeat_s=heartbeat_s)
-    torch.set_num_threads(torch_threads)
     store = Store.open(store_url)
     run_id = run.run_id
     try:
+        attempt = current_attempt(store, run_id) if attempt is None else attempt
+        if train is None and run.world_size > 1:
+            from parcae_scaling.sweeps.ranks import torchrun_trainer
+
+            train = torchrun_trainer(store_url, threads=torch_threads, heartbeat_s=heartbeat_s, attempt=attempt)
+        torch.set_num_threads(torch_threads)
+        fenced = FencedStore(store, run_id, attempt)
         current = run_status(store, run_id)
         if current in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
             return current
-        store.update_run(run_id, job_id=job_id or f"pid:{socket.gethostname()}:{os.getpid()}")
-        _announce_resume(run)
-        if os.environ.get(NOOP_ENV) == "1":
-            store.update_run(run_id, status=RunStatus.RUNNING)
-            store.update_run(run_id, status=RunStatus.SUCCEEDED, message="no-op (dispatch benchmark)")
-            return RunStatus.SUCCEEDED
-        store.heartbeat(run_id)
-        stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat_loop, args=(store, run_id, heartbeat_s, stop), daemon=True)
-        beat.start()
-        previous = _install_sigterm()
         try:
-            with StoreSink(store, flush_interval_s=min(heartbeat_s, 10.0)) as sink:
-                result = (train or train_run)(run, _ClassifyingSink(sink))
-            return result.status
-        except BaseException as exc:
-            kind = (interruption(exc) if interruption else None) or classify(exc)
-            interrupted = kind == "preempted" or isinstance(exc, (Terminated, SystemExit))
-            if interrupted and run_status(store, run_id) is RunStatus.CANCELLED:
-                return RunStatus.CANCELLED
-            status = RunStatus.PREEMPTED if interrupted else RunStatus.FAILED
-            message = f"{type(exc).__name__}: {exc}"
-            if kind == "error" and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
-                message += "\n" + "".join(traceback.format_exception(exc))[-4000:]
-            store.update_run(run_id, status=status, failure_kind=kind, message=message)
-            if isinstance(exc, Terminated):
-                return status
+            with lock_output_dir(run, attempt):
+                return _execute_locked(run, fenced, job_id=job_id, heartbeat_s=heartbeat_s,
+                                       train=train or train_run, interruption=interruption)
+        except OutputDirLocked as exc:
+            fault_point("status_update")
+            fenced.update_run(run_id, status=RunStatus.FAILED, failure_kind=exc.failure_kind, message=str(exc))
             raise
-        finally:
-            stop.set()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+    except Superseded as exc:  # the run is another attempt's now: nothing of ours may be written
+        print(f"parcae worker: {exc}", file=sys.stderr, flush=True)
+        return RunStatus.PREEMPTED
     finally:
         store.close()
+
+
+def _execute_locked(run: RunSpec, fenced: FencedStore, *, job_id: str | None, heartbeat_s: float,
+                    train: Callable[..., Any],
+                    interruption: Callable[[BaseException], str | None] | None) -> RunStatus:
+    run_id = run.run_id
+    fenced.update_run(run_id, job_id=job_id or f"pid:{socket.gethostname()}:{os.getpid()}")
+    done = _finished_summary(run)
+    if done is not None:
+        return _ingest_finished(run, fenced, done)
+    _announce_resume(run)
+    if os.environ.get(NOOP_ENV) == "1":
+        fenced.update_run(run_id, status=RunStatus.RUNNING)
+        fenced.update_run(run_id, status=RunStatus.SUCCEEDED, message="no-op (dispatch benchmark)")
+        return RunStatus.SUCCEEDED
+    fenced.heartbeat(run_id)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat_loop, args=(fenced, run_id, heartbeat_s, stop), daemon=True)
+    beat.start()
+    previous = _install_sigterm()
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        with run_sink(fenced, run, heartbeat_s=heartbeat_s) as sink:
+            result = train(run, sink)
+        return result.status
+    except Superseded:
+        raise
+    except BaseException as exc:
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C reaches the whole process group and the pool follows with SIGTERM: a second
+            # signal must not cut short the recording of how the run ended.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        kind = (interruption(exc) if interruption else None) or classify(exc)
+        interrupted = kind == "preempted" or isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt))
+        if interrupted:
+            fenced.check()  # superseded meanwhile: write nothing
+            if run_status(fenced.store, run_id) is RunStatus.CANCELLED:
+                return RunStatus.CANCELLED
+        status = RunStatus.PREEMPTED if interrupted else RunStatus.FAILED
+        message = f"{type(exc).__name__}: {exc}"
+        if kind == "error" and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
+            message += "\n" + "".join(traceback.format_exception(exc))[-4000:]
+        fault_point("status_update")
+        fenced.update_run(run_id, status=status, failure_kind=kind, message=message)
+        if isinstance(exc, Terminated):
+            return status
+        raise
+    finally:
+        stop.set()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,15 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--store", required=True)
     p.add_argument("--run-id", required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--attempt", type=int, default=None, help="the attempt the dispatcher claimed (fences writes)")
     args = p.parse_args(argv)
-    store = Store.open(args.store)
     try:
-        run = RunSpec.from_dict(store.run_spec(args.run_id))
-    finally:
-        store.close()
-    try:
-        status = execute_run(run, args.store, torch_threads=args.threads)
-    except Exception:
+        store = Store.open(args.store)
+        try:
+            run = RunSpec.from_dict(store.run_spec(args.run_id))
+        finally:
+            store.close()
+        status = execute_run(run, args.store, torch_threads=args.threads, attempt=args.attempt)
+    except Exception as exc:  # the store holds the classified failure; the log gets one line
+        print(f"parcae worker: run {args.run_id} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+              file=sys.stderr, flush=True)
         return 1
     return 0 if status is RunStatus.SUCCEEDED else 1
 

@@ -101,14 +101,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, optimizer: st
 
 def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     from parcae_scaling.model import build_model
-    from parcae_scaling.model.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
+    from parcae_scaling.model.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
     from parcae_scaling.model.optim import build_optimizer
 
     run = H.tiny_run(tmp_path / "r", H.write_bin_shards(tmp_path / "d"))
     model = build_model(run.model)
     opt = build_optimizer(model, run.optimizer)
-    save_checkpoint(tmp_path / "c.pt", run_id="aaaa", model=model, optimizer=opt, progress=TrainProgress(step=3))
-    assert load_checkpoint(tmp_path / "c.pt", run_id="aaaa", model=model, optimizer=opt).step == 3
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    save_checkpoint(ckpt_dir, run_id="aaaa", model=model, optimizer=opt, progress=TrainProgress(step=3))
+    restored = load_latest_checkpoint(ckpt_dir, run_id="aaaa", model=model, optimizer=opt)
+    assert restored is not None and restored.progress.step == 3
     with pytest.raises(ValueError, match="belongs to run"):
-        load_checkpoint(tmp_path / "c.pt", run_id="bbbb", model=model, optimizer=opt)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.pt")] == []  # no temp files left
+        load_latest_checkpoint(ckpt_dir, run_id="bbbb", model=model, optimizer=opt)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [CHECKPOINT_FILE]  # no temp files left

@@ -2,7 +2,7 @@
 # Private PostgreSQL cluster for tests.
 #   postgres.sh start DIR   -> installs the Debian `postgresql` package if missing, runs a cluster
 #                              in DIR on a free 127.0.0.1 port and prints its SQLAlchemy URL
-#   postgres.sh stop DIR    -> stops that cluster
+#   postgres.sh stop DIR    -> stops that cluster; `start DIR` again restarts it (same port and data)
 # As root the server runs as the `postgres` user (PostgreSQL refuses to run as root).
 set -euo pipefail
 
@@ -41,9 +41,13 @@ start)
         id postgres >/dev/null 2>&1 || { echo "no postgres user to run the server as" >&2; exit 2; }
         chown postgres: "$dir"
     fi
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
-        || { echo "initdb failed:" >&2; cat "$dir/initdb.log" >&2; exit 2; }
+    if [[ -f "$dir/data/PG_VERSION" && -f "$dir/port" ]]; then
+        port="$(cat "$dir/port")"  # a restart (after `stop DIR`): same cluster, same port, same data
+    else
+        port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+        as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+            || { echo "initdb failed:" >&2; cat "$dir/initdb.log" >&2; exit 2; }
+    fi
     # Test-only settings: no fsync (speed), enough connections for 8 writers plus the pool.
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
         -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=100" start >/dev/null \

@@ -73,7 +73,7 @@ def test_sigkilled_run_is_detected_stale_and_resumes_on_the_same_trajectory(
         os.kill(pid, signal.SIGKILL)
         time.sleep(3)
         assert store.runs("tiny")["status"].iloc[0] == "running"  # nobody told the store
-        lost = mark_stale(store, "tiny", stale_after_s=2)
+        lost = mark_stale(store, "tiny", stale_after_s=2, heartbeat_s=0.5)
         runs = store.runs("tiny")
         assert lost == list(runs["run_id"]) and runs["failure_kind"].iloc[0] == "node_lost"
         rep = resume(store, "tiny", get_backend("local"), store_url=store_url, heartbeat_s=0.5, stale_after_s=60)

@@ -1,0 +1,219 @@
+"""Fixtures of the fault-injection suite: a tiny sweep, the parcae-sweep CLI as a subprocess
+(with a fault armed through PARCAE_FAULT, see faults.py), an uninterrupted reference, and what
+a store holds per run (status, attempts, job ids, losses, duplicate metric rows)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from parcae_scaling.db import Store
+from parcae_scaling.faults import FAULT_ENV
+
+SWEEP = "faults"
+HEARTBEAT = "0.5"  # s: short, so lost runs go stale within seconds (the window must be >= 3 beats)
+STALE_AFTER = "1.5"
+CLI = [sys.executable, "-c", "from parcae_scaling.cli import sweep_app; sweep_app()"]
+
+
+def _spec(root: Path) -> dict[str, Any]:
+    """Two tiny runs (parcae-tiny-48 at mu_rec 1 and 2, seq_len 32, ~100 optimizer steps each),
+    checkpointed every 20 steps, run side by side."""
+    return {
+        "name": SWEEP, "output_root": str(root / "runs"), "models": ["parcae-tiny-48"], "baselines": [],
+        "model_overrides": {"seq_len": 32}, "tokens": [25600], "mu_rec": [1, 2],
+        "recipe": {"batch_size": 8, "eval_tokens": 1024, "metrics_every_steps": 5, "checkpoint_every_steps": 20},
+        "resources": {"max_concurrent": 2, "time_limit_min": 10, "mem_gb": 1},
+    }
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One copy of the tiny sweep: its spec file, store URL and directory."""
+
+    root: Path
+    spec: Path
+    url: str
+    name: str = SWEEP
+
+    def cli(self, *args: str, fault: str | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `parcae-sweep ARGS --store URL` to the end (a fault kills some process of it)."""
+        return subprocess.run([*CLI, *args, "--store", self.url], capture_output=True, text=True, timeout=timeout,
+                              env=_env(fault, env), cwd=self.root)
+
+    def start(self, *args: str, fault: str | None = None) -> subprocess.Popen[str]:
+        """Start `parcae-sweep ARGS --store URL` as a terminal would: its own session and process
+        group (so a signal reaches launch, its pool and workers alike) and SIGINT at its default
+        (a non-interactive shell's `&` ignores it, and then Ctrl-C would test nothing)."""
+        return subprocess.Popen([*CLI, *args, "--store", self.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=_env(fault, None), cwd=self.root, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def launch(self, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.cli("launch", str(self.spec), "--heartbeat", HEARTBEAT, "--stale-after", STALE_AFTER,
+                        *extra, fault=fault)
+
+    def resume(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("resume", SWEEP, "--heartbeat", HEARTBEAT, "--stale-after", STALE_AFTER, *extra)
+
+    def resume_until_done(self, rounds: int = 3) -> None:
+        """Plain `resume` (no fault) until every run succeeded; a killed worker's run needs the
+        stale window to pass before it is resumable, hence the short sleep."""
+        for _ in range(rounds):
+            time.sleep(float(STALE_AFTER) + 0.5)
+            out = self.resume()
+            if set(self.state()["status"].values()) == {"succeeded"}:
+                return
+        raise AssertionError(f"not all runs succeeded after {rounds} resumes: {self.state()}\n{out.stdout}{out.stderr}")
+
+    def logs(self) -> str:
+        """Everything the pools and their workers printed."""
+        return "".join(p.read_text(errors="replace") for p in (self.root / "runs").rglob("_logs/*.log"))
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """status, failure_kind, attempt, job_id per run id."""
+        with Store.open(self.url) as store:
+            df = store.runs(SWEEP).set_index("run_id")
+        return {c: df[c].to_dict() for c in ("status", "failure_kind", "failure_message", "attempt", "job_id")}
+
+    def losses(self) -> dict[tuple[str, int], float]:
+        """(run id, step) -> training loss."""
+        with Store.open(self.url) as store:
+            h = store.metric_history(sweep=SWEEP, names=["loss"])
+        return {(r, int(s)): float(v) for r, s, v in zip(h["run_id"], h["step"], h["value"])}
+
+    def evals(self) -> dict[tuple[str, int], float]:
+        with Store.open(self.url) as store, store.engine.connect() as conn:
+            return {(r, int(t)): float(v) for r, t, v in conn.execute(text(
+                "SELECT run_id, recurrence, loss FROM evals WHERE split = 'val'"))}
+
+    def duplicate_metric_rows(self) -> int:
+        with Store.open(self.url) as store, store.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM metrics GROUP BY run_id, name, step HAVING COUNT(*) > 1)")).scalar())
+
+    def metric_steps(self) -> dict[str, set[int]]:
+        with Store.open(self.url) as store, store.engine.connect() as conn:
+            out: dict[str, set[int]] = {}
+            for r, s in conn.execute(text("SELECT run_id, step FROM metrics WHERE name = 'loss'")):
+                out.setdefault(r, set()).add(int(s))
+            return out
+
+
+def _env(fault: str | None, extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    return {**env, **(extra or {})}
+
+
+def _make_sweep(root: Path, **changes: Any) -> Sweep:
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {**_spec(root), **changes}
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return Sweep(root=root, spec=path, url=f"sqlite:///{root / 'store.sqlite'}")
+
+
+@pytest.fixture
+def new_sweep(tmp_path: Path) -> Callable[..., Sweep]:
+    """A fresh copy of the tiny sweep (spec changes as keyword arguments) in its own directory."""
+    count = iter(range(1000))
+
+    def make(**changes: Any) -> Sweep:
+        return _make_sweep(tmp_path / f"sweep{next(count)}", **changes)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """The tiny sweep launched once, uninterrupted: the losses every faulted sweep must match."""
+    sweep = _make_sweep(tmp_path_factory.mktemp("reference"))
+    out = sweep.launch()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(sweep.state()["status"].values()) == {"succeeded"}
+    return sweep
+
+
+@pytest.fixture
+def assert_matches_reference(reference: Sweep) -> Callable[[Sweep], None]:
+    """Every run succeeded, each (run, name, step) metric row once, losses and evals bit-identical
+    to the uninterrupted reference."""
+
+    def check(sweep: Sweep) -> None:
+        state = sweep.state()
+        assert set(state["status"].values()) == {"succeeded"}, state
+        assert sweep.duplicate_metric_rows() == 0
+        assert sweep.metric_steps() == reference.metric_steps()
+        assert sweep.losses() == reference.losses()
+        assert sweep.evals() == reference.evals()
+
+    return check
+
+
+def worker_pids(run_id: str) -> list[int]:
+    """Live worker processes of one run (from /proc: the worker's command line names the run)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"parcae_scaling.sweeps.worker" in cmd and run_id.encode() in cmd and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def live_workers() -> Callable[[str], list[int]]:
+    return worker_pids
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    def wait(pred: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
+        t0 = time.monotonic()
+        while not pred():
+            if time.monotonic() - t0 > timeout_s:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.1)
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def slurm_conf() -> Iterator[str]:
+    """SLURM_CONF of the private single-node cluster of tests/sweeps (skips with its reason)."""
+    if os.geteuid() != 0:
+        pytest.skip("the single-node SLURM test cluster needs root (slurmd)")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "services" / "service.py"
+    spec = importlib.util.spec_from_file_location("parcae_test_services", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    with module.running_service(path.with_name("slurm.sh"), "SLURM test cluster", start_timeout_s=900) as conf:
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = conf
+        try:
+            yield conf
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
