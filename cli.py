@@ -80,7 +80,7 @@ def train_one_command(
     import torch
 
     from parcae_scaling.model.run_spec import RunSpec
-    from parcae_scaling.model.train_one import train_one, train_one_spec
+    from parcae_scaling.sweeps.train_one import train_one, train_one_spec
 
     torch.set_num_threads(threads)
     if spec:
@@ -93,7 +93,7 @@ def train_one_command(
     if spec and nproc is not None:
         run = run.replace(nproc_per_node=nproc)
     if run.world_size > 1:
-        from parcae_scaling.model.dist_launch import launch_local
+        from parcae_scaling.sweeps.dist_launch import launch_local
 
         typer.echo(json.dumps(launch_local(run, threads=threads).to_dict(), indent=2))
         return
@@ -322,8 +322,8 @@ def fit_isoflop_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = 
                         model: _MODEL = None, bootstrap: _BOOT = 200,
                         x: _Ann[str, typer.Option(help="parabola variable: mu_rec, tokens or params")] = "mu_rec") -> None:
     """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
-    from parcae_scaling.scaling.cli_support import looped_runs, read_input
-    from parcae_scaling.scaling.report import run_isoflop
+    from parcae_scaling.scaling.report.cli_support import looped_runs, read_input
+    from parcae_scaling.scaling.report.analyses import run_isoflop
     df, source = read_input(csv, store, sweep, model=model)
     typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
 
@@ -335,8 +335,8 @@ def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP
                            eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
                            params_column: _PCOL = "params_effective") -> None:
     """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
-    from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
-    from parcae_scaling.scaling.report import run_parametric
+    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
+    from parcae_scaling.scaling.report.analyses import run_parametric
     df, source = read_input(csv, store, sweep, model=model)
     fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
                                 effective_params=effective_params(eff, non_core, core, params_column))
@@ -349,8 +349,8 @@ def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP
 def fit_test_time_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
                           model: _MODEL = None) -> None:
     """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
-    from parcae_scaling.scaling.cli_support import read_input
-    from parcae_scaling.scaling.report import run_test_time
+    from parcae_scaling.scaling.report.cli_support import read_input
+    from parcae_scaling.scaling.report.analyses import run_test_time
     df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
     typer.echo(run_test_time(df, out).summary())
 
@@ -360,8 +360,8 @@ def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP =
                          model: _MODEL = None, bootstrap: _BOOT = 200, eff: _EFF = "unrolled",
                          non_core: _NC = None, core: _CORE = None, params_column: _PCOL = "params_effective") -> None:
     """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
-    from parcae_scaling.scaling.cli_support import effective_params, looped_runs, read_input
-    from parcae_scaling.scaling.report import run_frontier, run_parametric
+    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
+    from parcae_scaling.scaling.report.analyses import run_frontier, run_parametric
     df, source = read_input(csv, store, sweep, model=model)
     e = effective_params(eff, non_core, core, params_column)
     fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
@@ -391,9 +391,9 @@ def fit_report_command(csv: _CSV = None, store: _STORE = None,
         if test_time_csv is not None:
             fit_test_time_command(test_time_csv, None, sweep, out, model)
         return
-    from parcae_scaling.scaling.cli_support import effective_params
-    from parcae_scaling.scaling.html_report import write_html
-    from parcae_scaling.scaling.sweep_report import build_report
+    from parcae_scaling.scaling.report.cli_support import effective_params
+    from parcae_scaling.scaling.report.html import write_html
+    from parcae_scaling.scaling.report.sweep_report import build_report
     if csv is not None or not sweep:
         raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
     rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from parcae_scaling.model.train_one import train_one, train_one_spec
+from parcae_scaling.sweeps.train_one import train_one, train_one_spec
 
 
 def main() -> None:

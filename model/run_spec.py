@@ -153,7 +153,7 @@ class ScheduleSpec:
 class DataSpec:
     """Where tokens come from.
 
-    - "embedded": the stdlib corpus (model/corpus.py), tokenized with `tokenizer`.
+    - "embedded": the stdlib corpus (model/train/corpus.py), tokenized with `tokenizer`.
     - "bin": pre-tokenized shards; `train_paths` / `val_paths` are files or globs. Accepted
       layouts: headerless flat arrays of `token_dtype` (nanoGPT `train.bin`), and the llm.c /
       nanochat header of 256 int32 (magic 20240520 -> uint16, 20240801 -> uint32; [2] = count).
@@ -237,7 +237,7 @@ class RunSpec:
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
     device: Device = "auto"
-    # Data parallelism (model/distributed.py). global batch = batch_size x grad_accum_steps x
+    # Data parallelism (model/train/distributed.py). global batch = batch_size x grad_accum_steps x
     # nproc_per_node x nodes; batch_size and grad_accum_steps are per process.
     nproc_per_node: int = 1
     nodes: int = 1

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib import ticker
 import pandas as pd
 
-from parcae_scaling.scaling.style import new_figure, paper_style, save
+from parcae_scaling.scaling.report.style import new_figure, paper_style, save
 
 STABILITY_METRICS = ("loss", "rho_a", "state_norm", "grad_norm")
 HEALTH_COLUMNS = ("run_id", "label", "status", "failure_kind", "diverged", "diverged_step", "n_spikes",

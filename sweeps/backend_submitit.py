@@ -8,7 +8,7 @@ ended, and the store says how.
 
 A data-parallel run (world size N) is one job of `nodes` x `nproc_per_node` tasks, one per rank
 (tasks_per_node, nodes, cpus_per_task, and one GPU per task when gpus_per_run is 1). Every task
-calls the same `SlurmRun`; the process group comes from SLURM's environment (model/distributed.py,
+calls the same `SlurmRun`; the process group comes from SLURM's environment (model/train/distributed.py,
 through submitit's TorchDistributedEnvironment). Task 0 is the worker (store, heartbeat,
 classification, requeue: submitit requeues from task 0 only) and rank 0; the others only train.
 """
@@ -72,7 +72,7 @@ class SlurmRun(Checkpointable):
         return None
 
     def __call__(self) -> str:
-        from parcae_scaling.model.train import train_run
+        from parcae_scaling.model.train.loop import train_run
         from parcae_scaling.sweeps.ranks import train_rank
         from parcae_scaling.sweeps.worker import _install_sigterm, execute_run
 
@@ -95,7 +95,7 @@ class SlurmRun(Checkpointable):
 
 def slurm_parameters(r: ResourceSpec, run: RunSpec) -> dict[str, object]:
     """submitit parameters of one run's job: per-process resources times its SLURM tasks."""
-    from parcae_scaling.model.dist_launch import slurm_task_layout
+    from parcae_scaling.sweeps.dist_launch import slurm_task_layout
 
     params: dict[str, object] = dict(timeout_min=r.time_limit_min, cpus_per_task=r.cpus_per_run,
                                      mem_gb=r.mem_gb * run.nproc_per_node, nodes=1, tasks_per_node=1)

@@ -208,7 +208,7 @@ def check_data_files(spec: SweepSpec) -> None:
     data: DataSpec = spec.data
     if not (data.train_paths or data.val_paths or data.tokenizer_path):
         return  # the embedded corpus: nothing to look for (and no torch import)
-    from parcae_scaling.model.data import expand_paths
+    from parcae_scaling.model.train.data import expand_paths
 
     try:
         for name in ("train_paths", "val_paths"):

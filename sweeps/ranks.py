@@ -37,7 +37,7 @@ from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
     from parcae_scaling.db.sink import MetricsSink
-    from parcae_scaling.model.train import RunResult
+    from parcae_scaling.model.train.loop import RunResult
 
     TrainFn = Callable[[RunSpec, MetricsSink], RunResult]
 
@@ -63,7 +63,7 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
     """Rank 0: the worker's sink (run directory and store, fenced on the worker's attempt,
     FAILED held back for the worker to classify); any other rank: a NullSink, without opening
     the store."""
-    from parcae_scaling.model.distributed import NullSink
+    from parcae_scaling.model.train.distributed import NullSink
     from parcae_scaling.sweeps.claims import FencedStore, current_attempt
     from parcae_scaling.sweeps.worker import run_sink
 
@@ -84,7 +84,7 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
 def train_rank(run: RunSpec, store_url: str, *, rank: int, heartbeat_s: float,
                attempt: int | None = None) -> "RunResult":
     """Train this process's rank of `run` (every rank calls this with the same spec)."""
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.loop import train_run
 
     with rank_sink(store_url, rank, heartbeat_s=heartbeat_s, run=run, attempt=attempt) as sink:
         return train_run(run, sink)
@@ -131,7 +131,7 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     """Per-rank entry point under torchrun: train, and on any failure leave a report."""
     import torch
 
-    from parcae_scaling.model.distributed import environ_rank
+    from parcae_scaling.model.train.distributed import environ_rank
     from parcae_scaling.sweeps.worker import _install_sigterm
 
     p = argparse.ArgumentParser(prog=_ENTRY)
@@ -161,7 +161,7 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
 # ---- the worker's side ----------------------------------------------------------------------
 
 def _summary(run: RunSpec) -> "RunResult":
-    from parcae_scaling.model.train import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
 
     path = Path(run.output_dir) / SUMMARY_FILE
     if not path.exists():
@@ -185,7 +185,7 @@ def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: 
                 attempt: int | None = None) -> "RunResult":
     """Train `run` on run.nproc_per_node local processes (torchrun); raises RankFailure if a rank
     failed, and stops every rank when this process is interrupted (SIGTERM: cancel, preemption)."""
-    from parcae_scaling.model.dist_launch import LAUNCH_LOG_FILE, start_local
+    from parcae_scaling.sweeps.dist_launch import LAUNCH_LOG_FILE, start_local
 
     reports = Path(tempfile.mkdtemp(prefix=f"parcae-ranks-{run.run_id}-"))
     try:
@@ -218,7 +218,7 @@ def _ray_rank(config: dict[str, Any]) -> None:
     """A Ray Train worker: one rank of the run (Ray Train has formed the process group)."""
     import torch
 
-    from parcae_scaling.model.dist_launch import current_rank
+    from parcae_scaling.sweeps.dist_launch import current_rank
 
     torch.set_num_threads(int(config["threads"]))
     run = RunSpec.from_json(config["spec"])
@@ -230,7 +230,7 @@ def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bo
                 cpus_per_worker: float, attempt: int | None = None) -> "TrainFn":
     """execute_run's trainer for a multi-process run on Ray Train (one placement group of
     run.world_size workers); a lost Ray worker is node_lost, any other failure classified."""
-    from parcae_scaling.model.dist_launch import ray_train_run
+    from parcae_scaling.sweeps.dist_launch import ray_train_run
 
     def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
         try:

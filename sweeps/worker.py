@@ -170,7 +170,7 @@ def _install_sigterm() -> object | None:
 
 def _announce_resume(run: RunSpec) -> None:
     """One log line saying where a restarted run picks up (the job logs then show every resume)."""
-    from parcae_scaling.model.checkpoint import CHECKPOINT_FILE
+    from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
 
     if (Path(run.output_dir) / CHECKPOINT_FILE).exists():
         import torch
@@ -211,7 +211,7 @@ def lock_output_dir(run: RunSpec, attempt: int) -> Iterator[None]:
 
 def _finished_summary(run: RunSpec) -> Any | None:
     """The run's summary.json result if it records this run as succeeded, else None."""
-    from parcae_scaling.model.train import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
 
     path = Path(run.output_dir) / SUMMARY_FILE
     if not path.exists():
@@ -253,7 +253,7 @@ def execute_run(run: RunSpec, store_url: str, *, job_id: str | None = None, torc
     multi-process run to torchrun on this node (sweeps/ranks.py: rank 0 writes the metrics)."""
     import torch
 
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.loop import train_run
 
     heartbeat_s = heartbeat_s or float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
     store = Store.open(store_url)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from parcae_scaling.db.sink import RunStatus
-from parcae_scaling.model.checkpoint import (
+from parcae_scaling.model.train.checkpoint import (
     CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CheckpointNoSpace, checkpoint_step,
 )
-from parcae_scaling.model.train import train_run
+from parcae_scaling.model.train.loop import train_run
 from parcae_scaling.sweeps.claims import RETRYABLE_KINDS
 from parcae_scaling.sweeps.worker import classify
 

@@ -15,12 +15,12 @@ import torch
 
 from parcae_scaling.db.sink import RunStatus
 from parcae_scaling.model import build_model
-from parcae_scaling.model.checkpoint import (
+from parcae_scaling.model.train.checkpoint import (
     CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CheckpointNoSpace, CheckpointUnreadable, TrainProgress,
     checkpoint_step, load_latest_checkpoint, save_checkpoint,
 )
-from parcae_scaling.model.optim import build_optimizer
-from parcae_scaling.model.train import SUMMARY_FILE, train_run
+from parcae_scaling.model.train.optim import build_optimizer
+from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
 from parcae_scaling.sweeps.worker import classify
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from parcae_scaling.model.corpus import build_stdlib_corpus, is_validation_file, stdlib_source_files
-from parcae_scaling.model.data import (
+from parcae_scaling.model.train.corpus import build_stdlib_corpus, is_validation_file, stdlib_source_files
+from parcae_scaling.model.train.data import (
     TokenStream,
     expand_paths,
     load_data,
@@ -20,7 +20,7 @@ from parcae_scaling.model.data import (
     val_batches,
 )
 from parcae_scaling.model.run_spec import DataSpec
-from parcae_scaling.model.tokenizer import ByteTokenizer, get_tokenizer
+from parcae_scaling.model.train.tokenizer import ByteTokenizer, get_tokenizer
 
 
 def _fake_stdlib(root: Path, n: int = 40) -> Path:
@@ -192,7 +192,7 @@ def test_data_spec_validation() -> None:
 
 
 def test_parquet_with_local_bpe_tokenizer(tmp_path: Path) -> None:
-    from parcae_scaling.model.tokenizer import BPE_EOS, train_bpe
+    from parcae_scaling.model.train.tokenizer import BPE_EOS, train_bpe
 
     texts = [f"import os\nprint(os.path.join('a', 'b{i}'))\n" * 3 for i in range(40)]
     tok = train_bpe(texts[:30], vocab_size=320, path=tmp_path / "tok" / "tokenizer.json")

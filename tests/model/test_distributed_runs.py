@@ -16,9 +16,9 @@ import torch
 
 from parcae_scaling.db.files import read_run_dir
 from parcae_scaling.db.sink import RunStatus
-from parcae_scaling.model.checkpoint import CHECKPOINT_FILE
-from parcae_scaling.model.dist_launch import launch_local, start_local, wait_local
-from parcae_scaling.model.train import SUMMARY_FILE, train_run
+from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
+from parcae_scaling.sweeps.dist_launch import launch_local, start_local, wait_local
+from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
 H = importlib.util.module_from_spec(_spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from parcae_scaling.model.run_spec import ScheduleSpec
-from parcae_scaling.model.schedule import lr_at_step, lr_multiplier_at_step
+from parcae_scaling.model.train.schedule import lr_at_step, lr_multiplier_at_step
 
 
 def test_published_wsd_default_no_warmup_half_cooldown_to_zero() -> None:

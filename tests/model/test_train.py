@@ -16,9 +16,9 @@ import torch
 from parcae_scaling.db.sink import RunStatus
 from parcae_scaling.model import build_model
 from parcae_scaling.model.config import get_config
-from parcae_scaling.model.optim import build_optimizer
+from parcae_scaling.model.train.optim import build_optimizer
 from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, plan_tokens
-from parcae_scaling.model.train import SUMMARY_FILE, RunResult, train_run
+from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult, train_run
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -168,8 +168,8 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path: Path) -> None:
 
 
 def test_evaluation_gives_one_row_per_recurrence_independent_of_rng_history(tmp_path: Path) -> None:
-    from parcae_scaling.model.data import load_data
-    from parcae_scaling.model.train import evaluate_recurrences
+    from parcae_scaling.model.train.data import load_data
+    from parcae_scaling.model.train.loop import evaluate_recurrences
 
     run = H.tiny_run(tmp_path / "run", H.write_bin_shards(tmp_path / "d"), eval_recurrences=(1, 3, 6))
     torch.manual_seed(0)

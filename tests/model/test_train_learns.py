@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parcae_scaling.model.train_one import train_one, train_one_spec
+from parcae_scaling.sweeps.train_one import train_one, train_one_spec
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from parcae_scaling.cli import sweep_app
 from parcae_scaling.db.files import read_run_dir
-from parcae_scaling.model.train_one import train_one_spec
+from parcae_scaling.sweeps.train_one import train_one_spec
 
 
 def _invoke(args: list[str]):

@@ -14,9 +14,9 @@ import torch
 
 from parcae_scaling.db.files import read_run_dir
 from parcae_scaling.db.sink import RunStatus
-from parcae_scaling.model.checkpoint import CHECKPOINT_FILE
+from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
 from parcae_scaling.model.run_spec import RunSpec
-from parcae_scaling.model.train import train_run
+from parcae_scaling.model.train.loop import train_run
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -32,7 +32,7 @@ _CHILD = textwrap.dedent(
     torch.set_num_threads(1)
     from parcae_scaling.db.files import RunDirSink
     from parcae_scaling.model.run_spec import RunSpec
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.loop import train_run
 
     run = RunSpec.from_json(open(sys.argv[1]).read())
     kill_at = int(sys.argv[2])
@@ -101,8 +101,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, optimizer: st
 
 def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     from parcae_scaling.model import build_model
-    from parcae_scaling.model.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
-    from parcae_scaling.model.optim import build_optimizer
+    from parcae_scaling.model.train.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
+    from parcae_scaling.model.train.optim import build_optimizer
 
     run = H.tiny_run(tmp_path / "r", H.write_bin_shards(tmp_path / "d"))
     model = build_model(run.model)

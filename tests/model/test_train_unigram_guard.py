@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from parcae_scaling.db.sink import EvalRow, RunStatus
-from parcae_scaling.model.checkpoint import TrainProgress
-from parcae_scaling.model.data import load_data
+from parcae_scaling.model.train.checkpoint import TrainProgress
+from parcae_scaling.model.train.data import load_data
 from parcae_scaling.model.run_spec import OptimizerSpec
-from parcae_scaling.model.train import SUMMARY_FILE, learned_nothing, train_run, unigram_baseline_nats
+from parcae_scaling.model.train.loop import SUMMARY_FILE, learned_nothing, train_run, unigram_baseline_nats
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -82,7 +82,7 @@ def test_decision(tmp_path: Path, val: float, first: float | None, peak: float |
 
 
 def test_unigram_baseline_is_the_one_implementation(tmp_path: Path) -> None:
-    from parcae_scaling.model.corpus import unigram_entropy_nats
+    from parcae_scaling.model.train.corpus import unigram_entropy_nats
 
     data = load_data(H.write_bin_shards(tmp_path / "d"))
     assert data.unigram_entropy_nats is None  # .bin shards: computed from the tokens

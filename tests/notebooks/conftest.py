@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from parcae_scaling.db import Store
-from parcae_scaling.scaling.ablation import INJECTIONS, injection_ablation
+from parcae_scaling.sweeps.ablation import INJECTIONS, injection_ablation
 from parcae_scaling.sweeps import plan, record_plan, spec_from_dict
 from parcae_scaling.sweeps.worker import execute_run
 

@@ -134,7 +134,7 @@ class _LossSink:
 def _one_process_reference(spec_path: Path, out: Path) -> tuple[dict[int, float], float]:
     """(step -> loss, final val loss) of the spec's first run laid out on one process (the same
     global batch, accumulated), trained in this process."""
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.loop import train_run
     from parcae_scaling.sweeps import load_spec, plan
 
     run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out), sharding="ddp")

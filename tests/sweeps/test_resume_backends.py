@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import pytest
 
 from parcae_scaling.db import EvalRow, RunStatus, Store
-from parcae_scaling.model.train import train_run
+from parcae_scaling.model.train.loop import train_run
 from parcae_scaling.sweeps import get_backend, launch, load_spec, mark_stale, plan, resume
 from parcae_scaling.sweeps.backend_local import parse_job_id
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from parcae_scaling.scaling.effective_params import EffectiveParams
-from parcae_scaling.scaling.figures import (
+from parcae_scaling.scaling.report.figures import (
     frontier_figure, isoflop_figure, optima_figure, residuals_figure, test_time_figure,
 )
 from parcae_scaling.scaling.fit import fit_law

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from parcae_scaling.scaling.sweep_report import Section, SweepReport
+from parcae_scaling.scaling.report.sweep_report import Section, SweepReport
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parcae_scaling.model.tokenizer import (
+from parcae_scaling.model.train.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
     Tokenizer,

@@ -11,7 +11,7 @@ from parcae_scaling.scaling.frontier import FrontierResult
 from parcae_scaling.scaling.isoflop import IsoFlopResult
 from parcae_scaling.scaling.laws import Law, get_law
 from parcae_scaling.scaling.results import FitResult
-from parcae_scaling.scaling.style import budget_colors, new_figure, paper_style, save
+from parcae_scaling.scaling.report.style import budget_colors, new_figure, paper_style, save
 from parcae_scaling.scaling.testtime import TestTimeResult
 
 LOSS_LABEL = "validation loss (nats/token)"

@@ -11,7 +11,7 @@ the torch.Generator that draws the per-sequence depths; a resumed run therefore 
 uninterrupted trajectory bit for bit on CPU. The divergence guard checks loss and gradient
 norm every step (one scalar sync per step) before the optimizer is allowed to move.
 
-Data parallelism (RunSpec.nproc_per_node x nodes processes, model/distributed.py): rank r's
+Data parallelism (RunSpec.nproc_per_node x nodes processes, model/train/distributed.py): rank r's
 local micro-batch m is global micro-batch g = r * grad_accum_steps + m of the step, so the ranks
 read disjoint slices and together read exactly the batches a single process accumulating all
 g would. Depths: "per_rank" draws them from (seed, step, g), so a run is the same for every
@@ -42,17 +42,17 @@ from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
 from parcae_scaling.faults import fault_point
 from parcae_scaling.model import build_model
 from parcae_scaling.model.blocks import compile_blocks
-from parcae_scaling.model import distributed as pdist
-from parcae_scaling.model.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
-from parcae_scaling.model.corpus import unigram_entropy_nats
-from parcae_scaling.model.data import (
+from parcae_scaling.model.train import distributed as pdist
+from parcae_scaling.model.train.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
+from parcae_scaling.model.train.corpus import unigram_entropy_nats
+from parcae_scaling.model.train.data import (
     TokenData, global_micro_index, load_data, train_batch, val_batches, val_windows,
 )
 from parcae_scaling.model.flops import flops_per_token
 from parcae_scaling.model.mfu import device_peak_flops, model_flops_utilisation
-from parcae_scaling.model.optim import OptimizerBundle, build_optimizer
+from parcae_scaling.model.train.optim import OptimizerBundle, build_optimizer
 from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
-from parcae_scaling.model.schedule import lr_multiplier_at_step
+from parcae_scaling.model.train.schedule import lr_multiplier_at_step
 
 SUMMARY_FILE = "summary.json"
 SPEC_FILE = "run_spec.json"
@@ -192,7 +192,7 @@ def _check_vocab(x: torch.Tensor, vocab_size: int, data: TokenData) -> None:
 
 
 def unigram_baseline_nats(data: TokenData, vocab_size: int) -> float:
-    """The unigram entropy of the training data in nats per token (model/corpus.py's one
+    """The unigram entropy of the training data in nats per token (model/train/corpus.py's one
     implementation): the loss of predicting every token from the global token frequencies.
 
     Embedded and parquet data carry it; for .bin shards it is computed here from up to

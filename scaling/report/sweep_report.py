@@ -19,9 +19,9 @@ import pandas as pd
 
 from parcae_scaling.scaling.data import load_store, require_sweeps
 from parcae_scaling.scaling.effective_params import EffectiveParams
-from parcae_scaling.scaling.report import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
+from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
 from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, stability_figure, verdict
-from parcae_scaling.scaling.sweep_figures import measured_frontier_figure
+from parcae_scaling.scaling.report.sweep_figures import measured_frontier_figure
 
 
 @dataclass(frozen=True, kw_only=True)

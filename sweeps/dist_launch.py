@@ -1,13 +1,13 @@
 """Start one RunSpec on N local processes with torchrun; the per-rank entry point.
 
 `launch_local(run)` writes the spec beside the run, starts
-`python -m torch.distributed.run --standalone --nproc-per-node N -m parcae_scaling.model.dist_launch
+`python -m torch.distributed.run --standalone --nproc-per-node N -m parcae_scaling.sweeps.dist_launch
 <spec>` in its own session and waits. torchrun watches the ranks: if one dies (even by SIGKILL)
 it stops the others and exits non-zero, so a failed rank never leaves the run hanging; the
 checkpoint left behind lets the next launch resume (with any world size dividing the global batch).
 
 The entry point also serves multi-node launches: under SLURM run it once per task with
-`srun` (model/distributed.py exports the layout via submitit), or per node through torchrun.
+`srun` (model/train/distributed.py exports the layout via submitit), or per node through torchrun.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily, in the ranks
-    from parcae_scaling.model.train import RunResult
+    from parcae_scaling.model.train.loop import RunResult
 
 LAUNCH_SPEC_FILE = "launch_spec.json"  # the exact spec (with its process layout) the ranks read
 LAUNCH_LOG_FILE = "launch.log"
-_ENTRY = "parcae_scaling.model.dist_launch"
+_ENTRY = "parcae_scaling.sweeps.dist_launch"
 
 
 def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1, entry: str = _ENTRY,
@@ -78,7 +78,7 @@ def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Se
 
 def wait_local(proc: subprocess.Popen[bytes], run: RunSpec, *, timeout_s: float | None = None) -> "RunResult":
     """Wait for a started launch; on timeout kill its whole session. Returns the run's summary."""
-    from parcae_scaling.model.train import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
 
     try:
         code = proc.wait(timeout=timeout_s)
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from parcae_scaling.db.files import RunDirSink
     from parcae_scaling.db.sink import RunStatus
-    from parcae_scaling.model.distributed import NullSink, environ_rank
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.distributed import NullSink, environ_rank
+    from parcae_scaling.model.train.loop import train_run
 
     parser = argparse.ArgumentParser(prog=_ENTRY)
     parser.add_argument("spec")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def slurm_task_layout(run: RunSpec, *, gpus: bool) -> dict[str, int]:
     """submitit parameters for one multi-process run: one SLURM task per rank (each task calls
-    the job's function, which trains with `train_run` after model/distributed.py exports the
+    the job's function, which trains with `train_run` after model/train/distributed.py exports the
     layout from SLURM's environment through submitit's TorchDistributedEnvironment)."""
     layout = {"nodes": run.nodes, "tasks_per_node": run.nproc_per_node}
     if gpus:
@@ -140,7 +140,7 @@ def current_rank() -> int:
     """Global rank of this process: from an initialised group (Ray Train), else the launcher's env."""
     import torch.distributed as dist
 
-    from parcae_scaling.model.distributed import environ_rank
+    from parcae_scaling.model.train.distributed import environ_rank
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else environ_rank()
 
@@ -172,8 +172,8 @@ def _ray_worker(config: dict[str, str]) -> None:
 
     from parcae_scaling.db.files import RunDirSink
     from parcae_scaling.db.sink import RunStatus
-    from parcae_scaling.model.distributed import NullSink
-    from parcae_scaling.model.train import train_run
+    from parcae_scaling.model.train.distributed import NullSink
+    from parcae_scaling.model.train.loop import train_run
 
     torch.set_num_threads(1)
     run = RunSpec.from_json(config["spec"])

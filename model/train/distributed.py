@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from parcae_scaling.db.sink import EvalRow, RunStatus
-from parcae_scaling.model.optim import OptimizerBundle
+from parcae_scaling.model.train.optim import OptimizerBundle
 from parcae_scaling.model.run_spec import RunSpec
 
 EnvSource = Literal["single", "torchrun", "slurm", "initialized"]

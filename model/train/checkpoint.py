@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from parcae_scaling.faults import fault_point
-from parcae_scaling.model.optim import OptimizerBundle
+from parcae_scaling.model.train.optim import OptimizerBundle
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
@@ -45,7 +45,7 @@ class TrainProgress:
     train_seconds: float = 0.0
     recent_losses: list[float] = field(default_factory=list)
     # The untrained model's loss (step 1) and the highest train loss since: a run whose loss rose
-    # far above where it started was unstable (model/train.py's "learned nothing" guard).
+    # far above where it started was unstable (model/train/loop.py's "learned nothing" guard).
     first_loss: float | None = None
     peak_loss: float | None = None
 

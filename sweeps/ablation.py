@@ -2,7 +2,7 @@
 concatenation), launched through the sweeps library. The spec format has no injection axis, so
 each variant is its own sweep `<name>-<injection>`; the report compares them side by side.
 
-    python -m parcae_scaling.scaling.ablation stability --store sqlite:///parcae.sqlite
+    python -m parcae_scaling.sweeps.ablation stability --store sqlite:///parcae.sqlite
 """
 
 from __future__ import annotations

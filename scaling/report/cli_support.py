@@ -8,7 +8,7 @@ import pandas as pd
 
 from parcae_scaling.scaling.data import load_csv, load_store
 from parcae_scaling.scaling.effective_params import ColumnParams, EffectiveParams, UnrolledParams
-from parcae_scaling.scaling.report import looped_runs, select_model
+from parcae_scaling.scaling.report.analyses import looped_runs, select_model
 
 
 def read_input(csv: Path | None, store: str | None, sweep: str | None, *, kind: str = "runs",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from parcae_scaling.scaling.figures import LOSS_LABEL
-from parcae_scaling.scaling.style import budget_colors, new_figure, paper_style, save
+from parcae_scaling.scaling.report.figures import LOSS_LABEL
+from parcae_scaling.scaling.report.style import budget_colors, new_figure, paper_style, save
 
 
 def measured_frontier(df: pd.DataFrame) -> pd.DataFrame:

@@ -25,9 +25,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from parcae_scaling.model.corpus import build_stdlib_corpus, cache_root, unigram_entropy_nats
+from parcae_scaling.model.train.corpus import build_stdlib_corpus, cache_root, unigram_entropy_nats
 from parcae_scaling.model.run_spec import DataSpec, FieldError
-from parcae_scaling.model.tokenizer import Tokenizer, encode_documents, get_tokenizer, token_dtype_for
+from parcae_scaling.model.train.tokenizer import Tokenizer, encode_documents, get_tokenizer, token_dtype_for
 
 HEADER_INTS = 256
 HEADER_MAGIC_DTYPES = {20240520: np.dtype(np.uint16), 20240801: np.dtype(np.uint32)}

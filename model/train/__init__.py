@@ -1,0 +1,1 @@
+"""Training: the step loop, optimizers, schedules, checkpoints, data and distributed setup."""

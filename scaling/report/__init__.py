@@ -1,0 +1,1 @@
+"""Reports on top of the fit library: analysis drivers, figures, the HTML sweep report."""
