@@ -7,7 +7,7 @@ from parcae_scaling.db.errors import (
 )
 from parcae_scaling.db.files import RunDirSink, read_run_dir
 from parcae_scaling.db.records import IngestReport, RunRecord
-from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.model.contracts import EvalRow, MetricsSink, RunStatus
 from parcae_scaling.db.store import Store
 from parcae_scaling.db.store_sink import StoreSink
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator, Mapping, Sequence
 
-from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.contracts import EvalRow, RunStatus
 
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"

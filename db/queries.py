@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, Select, and_, func, select, table as 
 
 from parcae_scaling.db.errors import UnknownSweepError
 from parcae_scaling.db.schema import Eval, Fit, Metric, Run, Sweep
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 
 # Column name -> pandas dtype, per query.
 _RUN_COLUMNS: dict[str, str] = {

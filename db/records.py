@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 
 if TYPE_CHECKING:
     from parcae_scaling.model.run_spec import RunSpec

@@ -27,7 +27,7 @@ from parcae_scaling.db.fits import StoreFits
 from parcae_scaling.db.queries import StoreQueries
 from parcae_scaling.db.records import IngestReport, RunRecord, check_json
 from parcae_scaling.db.schema import Eval, Metric, Run, Sweep, utcnow
-from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.contracts import EvalRow, RunStatus
 
 MetricRow = tuple[str, int, str, float]  # (run_id, step, name, value)
 # Rows per executemany inside one transaction: large enough to amortise the commit, small

@@ -9,7 +9,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from parcae_scaling.db.errors import StoreUnavailableError
-from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.contracts import EvalRow, RunStatus
 from parcae_scaling.db.store import MetricRow, Store
 
 # How long a run keeps training and retrying while its store is unreachable. Below the default

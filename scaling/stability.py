@@ -1,5 +1,5 @@
-"""Training stability from the metric history: which runs diverged or spiked, and the figure of
-loss, rho(A-bar) and recurrent-state norm over training.
+"""Training stability from the metric history: which runs diverged or spiked (the figure of
+loss, rho(A-bar) and state norm over training is scaling/report/figures.py `stability_figure`).
 
 A run *diverged* when training stopped on a non-finite loss or gradient (failure kind
 "diverged", or a NaN/inf loss row). A *spike* is a logged training loss more than
@@ -12,13 +12,10 @@ large learning rates; the diagonal injection keeps rho(A-bar) < 1 by constructio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from matplotlib import ticker
 import pandas as pd
 
-from parcae_scaling.scaling.report.style import new_figure, paper_style, save
 
 STABILITY_METRICS = ("loss", "rho_a", "state_norm", "grad_norm")
 HEALTH_COLUMNS = ("run_id", "label", "status", "failure_kind", "diverged", "diverged_step", "n_spikes",
@@ -110,38 +107,6 @@ def verdict(row: pd.Series) -> str:
     if rho > 1 + 1e-6:
         return "unstable"
     return "marginal" if rho >= 1 - 1e-6 else "stable"
-
-
-def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str | Path,
-                     name: str = "stability") -> list[Path]:
-    """Loss, rho(A-bar) and recurrent-state norm versus step, one line per run (x: diverged)."""
-    panels = [("loss", "training loss (nats/token)", "linear"), ("rho_a", r"$\rho(\bar A)$ = max $\bar A$", "linear"),
-              ("state_norm", r"recurrent-state norm $\|h_T\|$", "log")]
-    with paper_style():
-        fig, axes = new_figure(n_cols=3, height_in=2.3, width_in=7.0)
-        colors = {rid: f"C{i % 10}" for i, rid in enumerate(health["run_id"])}
-        for ax, (metric, ylabel, scale) in zip(axes[0], panels):
-            for row in health.itertuples():
-                g = history[(history["run_id"] == row.run_id) & (history["name"] == metric)].sort_values("step")
-                if g.empty:
-                    continue
-                ax.plot(g["step"], g["value"], color=colors[row.run_id], lw=0.9,
-                        label=f"{row.label} ({verdict(pd.Series(row._asdict()))})" if metric == "loss" else None)
-                finite = g[np.isfinite(g["value"])]
-                if row.diverged and len(finite):
-                    ax.plot(finite["step"].iloc[-1], finite["value"].iloc[-1], "x", color=colors[row.run_id], ms=6)
-            ax.set_yscale(scale)
-            if scale == "log":  # plain numbers, no minor labels: "9x10^0" labels crowd the next panel
-                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel(ylabel)
-        if metric_has_data(history, "rho_a"):
-            axes[0][1].axhline(1.0, color="k", lw=0.6, ls="--")
-        # Below the panels: long run labels must not squeeze the axes.
-        fig.legend(loc="outside lower center", ncol=min(3, max(1, len(health))), frameon=False, fontsize=5.5)
-        fig.suptitle("training stability (x: diverged; dashed: rho = 1)", fontsize=8)
-        return save(fig, out_dir, name)
 
 
 def metric_has_data(history: pd.DataFrame, metric: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.run_spec import RunSpec, plan_tokens
-from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle, register
+from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
 from parcae_scaling.sweeps.claims import release_unstarted, run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
 
@@ -106,7 +106,6 @@ class LocalBackend:
                 os.kill(parsed[1], signal.SIGTERM)
 
 
-register("local", LocalBackend)
 
 
 def longest_first(runs: Sequence[RunSpec]) -> list[RunSpec]:

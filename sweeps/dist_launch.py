@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily, in the ranks
-    from parcae_scaling.model.train.loop import RunResult
+    from parcae_scaling.model.contracts import RunResult
 
 LAUNCH_SPEC_FILE = "launch_spec.json"  # the exact spec (with its process layout) the ranks read
 LAUNCH_LOG_FILE = "launch.log"
@@ -78,7 +78,8 @@ def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Se
 
 def wait_local(proc: subprocess.Popen[bytes], run: RunSpec, *, timeout_s: float | None = None) -> "RunResult":
     """Wait for a started launch; on timeout kill its whole session. Returns the run's summary."""
-    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE
+    from parcae_scaling.model.contracts import RunResult
 
     try:
         code = proc.wait(timeout=timeout_s)
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from parcae_scaling.db.files import RunDirSink
-    from parcae_scaling.db.sink import RunStatus
-    from parcae_scaling.model.train.distributed import NullSink, environ_rank
+    from parcae_scaling.model.contracts import RunStatus
+    from parcae_scaling.model.train.distributed import environ_rank
+    from parcae_scaling.model.contracts import NullSink
     from parcae_scaling.model.train.loop import train_run
 
     parser = argparse.ArgumentParser(prog=_ENTRY)
@@ -171,8 +173,8 @@ def _ray_worker(config: dict[str, str]) -> None:
     import torch
 
     from parcae_scaling.db.files import RunDirSink
-    from parcae_scaling.db.sink import RunStatus
-    from parcae_scaling.model.train.distributed import NullSink
+    from parcae_scaling.model.contracts import RunStatus
+    from parcae_scaling.model.contracts import NullSink
     from parcae_scaling.model.train.loop import train_run
 
     torch.set_num_threads(1)

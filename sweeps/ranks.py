@@ -36,8 +36,8 @@ from parcae_scaling.db import Store
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
-    from parcae_scaling.db.sink import MetricsSink
-    from parcae_scaling.model.train.loop import RunResult
+    from parcae_scaling.model.contracts import MetricsSink
+    from parcae_scaling.model.contracts import RunResult
 
     TrainFn = Callable[[RunSpec, MetricsSink], RunResult]
 
@@ -63,7 +63,7 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
     """Rank 0: the worker's sink (run directory and store, fenced on the worker's attempt,
     FAILED held back for the worker to classify); any other rank: a NullSink, without opening
     the store."""
-    from parcae_scaling.model.train.distributed import NullSink
+    from parcae_scaling.model.contracts import NullSink
     from parcae_scaling.sweeps.claims import FencedStore, current_attempt
     from parcae_scaling.sweeps.worker import run_sink
 
@@ -161,7 +161,8 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
 # ---- the worker's side ----------------------------------------------------------------------
 
 def _summary(run: RunSpec) -> "RunResult":
-    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE
+    from parcae_scaling.model.contracts import RunResult
 
     path = Path(run.output_dir) / SUMMARY_FILE
     if not path.exists():

@@ -14,7 +14,8 @@ from parcae_scaling.db.files import RunDirSink
 from parcae_scaling.model.config import get_config
 from parcae_scaling.model.train.data import load_data
 from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, RunSpec
-from parcae_scaling.model.train.loop import RunResult, train_run
+from parcae_scaling.model.train.loop import train_run
+from parcae_scaling.model.contracts import RunResult
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -211,7 +211,8 @@ def lock_output_dir(run: RunSpec, attempt: int) -> Iterator[None]:
 
 def _finished_summary(run: RunSpec) -> Any | None:
     """The run's summary.json result if it records this run as succeeded, else None."""
-    from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult
+    from parcae_scaling.model.train.loop import SUMMARY_FILE
+    from parcae_scaling.model.contracts import RunResult
 
     path = Path(run.output_dir) / SUMMARY_FILE
     if not path.exists():

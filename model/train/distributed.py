@@ -24,7 +24,6 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from parcae_scaling.db.sink import EvalRow, RunStatus
 from parcae_scaling.model.train.optim import OptimizerBundle
 from parcae_scaling.model.run_spec import RunSpec
 
@@ -220,26 +219,6 @@ def consolidate_optimizer(bundle: OptimizerBundle) -> None:
     for opt in bundle.optimizers.values():
         if isinstance(opt, ZeroRedundancyOptimizer):
             opt.consolidate_state_dict(to=0)
-
-
-class NullSink:
-    """The MetricsSink of ranks other than 0: they compute, rank 0 writes."""
-
-    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
-        pass
-
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
-        pass
-
-    def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
-                      message: str | None = None) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def environ_rank(environ: Mapping[str, str] | None = None) -> int:

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.model.contracts import EvalRow, MetricsSink, NullSink, RunResult, RunStatus
 from parcae_scaling.faults import fault_point
 from parcae_scaling.model import build_model
 from parcae_scaling.model.blocks import compile_blocks
@@ -56,7 +55,6 @@ from parcae_scaling.model.train.schedule import lr_multiplier_at_step
 
 SUMMARY_FILE = "summary.json"
 SPEC_FILE = "run_spec.json"
-SUMMARY_VERSION = 1
 _RECENT_LOSSES = 10  # final train loss = mean of the last steps' losses
 _DEPTH_STREAM = 0xDE97
 _EVAL_STREAM = 1 << 40  # step numbers at and above this seed evaluation, never training
@@ -64,47 +62,6 @@ _EVAL_STREAM = 1 << 40  # step numbers at and above this seed evaluation, never 
 # a factor e in perplexity. Healthy runs never rise above step 1's loss; lr 1.0 peaks ~75 nats above.
 _BLOWUP_NATS = 1.0
 _UNIGRAM_SAMPLE_TOKENS = 1 << 22  # tokens read to estimate the unigram entropy of .bin shards
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    """What one run produced; also the content of its summary.json."""
-
-    run_id: str
-    status: RunStatus
-    output_dir: str
-    steps_planned: int
-    steps_done: int
-    tokens_planned: int
-    tokens_trained: int
-    flops_per_token: int
-    flop_convention: str
-    flops_planned: int
-    flops_spent: int  # nominal: flops_per_token * tokens trained
-    flops_realized: float  # same convention at the depths actually sampled
-    params_total: int
-    final_train_loss: float | None
-    final_val_loss: float | None  # at the training depth mu_rec
-    val_tokens: int
-    evals: tuple[EvalRow, ...] = ()
-    wall_time_s: float = 0.0  # this process, including data loading and evaluation
-    train_seconds: float = 0.0  # optimizer steps only, summed over resumes
-    diverged_step: int | None = None
-    message: str | None = None
-    summary_version: int = SUMMARY_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["status"] = self.status.value
-        d["evals"] = [asdict(e) for e in self.evals]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
-        d = dict(d)
-        d["status"] = RunStatus(d["status"])
-        d["evals"] = tuple(EvalRow(**e) for e in d.get("evals", ()))
-        return cls(**d)
 
 
 def resolve_device(run: RunSpec) -> torch.device:
@@ -266,7 +223,7 @@ def train_run(run: RunSpec, sink: MetricsSink) -> RunResult:
     rank 0's result, and only rank 0 uses `sink` (the others may pass a NullSink)."""
     with pdist.distributed_context(run, resolve_device(run)) as ctx:
         if not ctx.is_main:
-            sink = pdist.NullSink()
+            sink = NullSink()
         return _train_run(run, sink, ctx)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 import pandas as pd
 
 from parcae_scaling.scaling.frontier import FrontierResult
@@ -12,6 +13,7 @@ from parcae_scaling.scaling.isoflop import IsoFlopResult
 from parcae_scaling.scaling.laws import Law, get_law
 from parcae_scaling.scaling.results import FitResult
 from parcae_scaling.scaling.report.style import budget_colors, new_figure, paper_style, save
+from parcae_scaling.scaling.stability import metric_has_data, verdict
 from parcae_scaling.scaling.testtime import TestTimeResult
 
 LOSS_LABEL = "validation loss (nats/token)"
@@ -139,3 +141,35 @@ def residuals_figure(fit: FitResult, law: Law, df: pd.DataFrame, out_dir: str | 
         ax.set_ylabel("residual (%)")
         ax.set_title(f"{fit.law}: Huber {fit.objective:.3g}, {fit.n_points} points")
         return save(fig, out_dir, f"residuals_{fit.law}")
+
+
+def stability_figure(history: pd.DataFrame, health: pd.DataFrame, out_dir: str | Path,
+                     name: str = "stability") -> list[Path]:
+    """Loss, rho(A-bar) and recurrent-state norm versus step, one line per run (x: diverged)."""
+    panels = [("loss", "training loss (nats/token)", "linear"), ("rho_a", r"$\rho(\bar A)$ = max $\bar A$", "linear"),
+              ("state_norm", r"recurrent-state norm $\|h_T\|$", "log")]
+    with paper_style():
+        fig, axes = new_figure(n_cols=3, height_in=2.3, width_in=7.0)
+        colors = {rid: f"C{i % 10}" for i, rid in enumerate(health["run_id"])}
+        for ax, (metric, ylabel, scale) in zip(axes[0], panels):
+            for row in health.itertuples():
+                g = history[(history["run_id"] == row.run_id) & (history["name"] == metric)].sort_values("step")
+                if g.empty:
+                    continue
+                ax.plot(g["step"], g["value"], color=colors[row.run_id], lw=0.9,
+                        label=f"{row.label} ({verdict(pd.Series(row._asdict()))})" if metric == "loss" else None)
+                finite = g[np.isfinite(g["value"])]
+                if row.diverged and len(finite):
+                    ax.plot(finite["step"].iloc[-1], finite["value"].iloc[-1], "x", color=colors[row.run_id], ms=6)
+            ax.set_yscale(scale)
+            if scale == "log":  # plain numbers, no minor labels: "9x10^0" labels crowd the next panel
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(ylabel)
+        if metric_has_data(history, "rho_a"):
+            axes[0][1].axhline(1.0, color="k", lw=0.6, ls="--")
+        # Below the panels: long run labels must not squeeze the axes.
+        fig.legend(loc="outside lower center", ncol=min(3, max(1, len(health))), frameon=False, fontsize=5.5)
+        fig.suptitle("training stability (x: diverged; dashed: rho = 1)", fontsize=8)
+        return save(fig, out_dir, name)

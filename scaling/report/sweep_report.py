@@ -20,7 +20,8 @@ import pandas as pd
 from parcae_scaling.scaling.data import load_store, require_sweeps
 from parcae_scaling.scaling.effective_params import EffectiveParams
 from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
-from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, stability_figure, verdict
+from parcae_scaling.scaling.report.figures import stability_figure
+from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, verdict
 from parcae_scaling.scaling.report.sweep_figures import measured_frontier_figure
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from parcae_scaling.db.files import METRICS_FILE, STATUS_FILE, RunDirSink, read_run_dir
-from parcae_scaling.db.sink import EvalRow, MetricsSink, RunStatus
+from parcae_scaling.model.contracts import EvalRow, MetricsSink, RunStatus
 
 
 def test_run_dir_sink_round_trip(tmp_path):

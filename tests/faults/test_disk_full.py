@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import (
     CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CheckpointNoSpace, checkpoint_step,
 )

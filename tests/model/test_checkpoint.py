@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model import build_model
 from parcae_scaling.model.train.checkpoint import (
     CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CheckpointNoSpace, CheckpointUnreadable, TrainProgress,

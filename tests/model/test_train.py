@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model import build_model
 from parcae_scaling.model.config import get_config
 from parcae_scaling.model.train.optim import build_optimizer
 from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, plan_tokens
-from parcae_scaling.model.train.loop import SUMMARY_FILE, RunResult, train_run
+from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
+from parcae_scaling.model.contracts import RunResult
 
 _spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
 H = importlib.util.module_from_spec(_spec)

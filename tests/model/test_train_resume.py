@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from parcae_scaling.db.files import read_run_dir
-from parcae_scaling.db.sink import RunStatus
+from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.model.train.loop import train_run

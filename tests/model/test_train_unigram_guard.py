@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.contracts import EvalRow, RunStatus
 from parcae_scaling.model.train.checkpoint import TrainProgress
 from parcae_scaling.model.train.data import load_data
 from parcae_scaling.model.run_spec import OptimizerSpec

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from parcae_scaling.db.sink import EvalRow, RunStatus
+from parcae_scaling.model.contracts import EvalRow, RunStatus
 from parcae_scaling.model.config import get_config
 from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, RunSpec
 

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from parcae_scaling.scaling.data import epoch_chinchilla_table

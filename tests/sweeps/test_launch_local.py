@@ -3,7 +3,6 @@ duplicate a run, the config-drift guard, and cancel."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 

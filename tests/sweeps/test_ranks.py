@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from parcae_scaling.db import Store
-from parcae_scaling.model.train.distributed import NullSink
+from parcae_scaling.model.contracts import NullSink
 from parcae_scaling.sweeps import get_backend, launch, load_spec, plan, resume
 from parcae_scaling.sweeps.backend_local import parse_job_id
 from parcae_scaling.sweeps.ranks import failure_from_reports, rank_sink
