@@ -32,8 +32,10 @@ def test_published_sizes_match_the_paper_exactly(name):
 
 
 def test_parcae_adds_exactly_the_injection_readout_and_prelude_norm():
-    extra = PUBLISHED_PARAMS["parcae-small-140m"] - PUBLISHED_PARAMS["transformer-small-140m"]
-    assert extra == 1_181_952 == 3 * 768 + 2 * 768**2
+    parcae, transformer = get_config("parcae-small-140m"), get_config("transformer-small-140m")
+    d = parcae.d_model
+    # diagonal injection (log_a, dt_bias) + prelude norm: 3 d; readout C and injection B: 2 d^2
+    assert count_on_meta(parcae) - count_on_meta(transformer) == 3 * d + 2 * d**2 == 1_181_952
 
 
 def test_value_embeddings_are_most_of_small_140m():
