@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 DEMO_DIR ?= out
 DEMO_STORE ?= sqlite:///$(DEMO_DIR)/parcae.sqlite
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo lint test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -32,10 +32,13 @@ demo: install
 	$(VENV)/bin/parcae-sweep status default --store $(DEMO_STORE)
 	$(VENV)/bin/parcae-fit report --store $(DEMO_STORE) --sweep default --out $(DEMO_DIR)/report
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check --no-cache .
+
+test: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: install
+test-all: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
