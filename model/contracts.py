@@ -34,6 +34,23 @@ class RunStatus(str, enum.Enum):
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.CANCELLED)
 
 
+class FailureKind(str, enum.Enum):
+    """Why a run stopped without succeeding: decides whether `resume` retries it by default."""
+
+    DIVERGED = "diverged"  # non-finite loss or gradients: a property of the recipe, not retried
+    OOM = "oom"
+    TIMEOUT = "timeout"  # the backend's time limit
+    PREEMPTED = "preempted"  # SIGTERM / Ctrl-C / requeue: resumable from the checkpoint
+    NODE_LOST = "node_lost"  # heartbeat stopped, or the job ended without a word
+    ERROR = "error"  # an exception in the run (with its traceback)
+    CANCELLED = "cancelled"
+
+    @property
+    def is_retryable(self) -> bool:
+        """Retried by plain `resume`; the others need --include-failed (diverged never)."""
+        return self in (FailureKind.PREEMPTED, FailureKind.TIMEOUT, FailureKind.NODE_LOST)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalRow:
     """Validation loss of a trained model evaluated at a fixed recurrence T."""
