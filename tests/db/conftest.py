@@ -6,7 +6,6 @@ the Debian package if needed); if it cannot start, PostgreSQL cases skip with th
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from pathlib import Path
@@ -17,13 +16,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from parcae_scaling.db import RunRecord, Store
+from services.service import running_service
 
 SERVICE = Path(__file__).resolve().parents[1] / "services" / "postgres.sh"
-_service_spec = importlib.util.spec_from_file_location(
-    "parcae_test_services", Path(__file__).resolve().parents[1] / "services" / "service.py")
-_service = importlib.util.module_from_spec(_service_spec)
-_service_spec.loader.exec_module(_service)
-running_service = _service.running_service
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,12 @@ from parcae_scaling.sweeps.dist_launch import torchrun_command
 from parcae_scaling.model.train.distributed import DistEnv, check_layout, env_from_environ, environ_rank
 from parcae_scaling.model.run_spec import DataSpec, plan_tokens
 from parcae_scaling.model.train.loop import train_run
+from parcae_testing import ListSink, tiny_run
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 
 def _run(tmp_path: Path, **changes):
-    return H.tiny_run(tmp_path / "run", DataSpec(), **changes)
+    return tiny_run(tmp_path / "run", DataSpec(), **changes)
 
 
 def test_env_from_torchrun_variables() -> None:
@@ -39,7 +34,7 @@ def test_layout_must_match_the_launcher(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nproc_per_node x nodes = 2 x 1 = 2 processes"):
         check_layout(run, DistEnv())
     with pytest.raises(ValueError, match="launcher started 1"):
-        train_run(run, H.ListSink())  # no torchrun around this process: fails before touching data
+        train_run(run, ListSink())  # no torchrun around this process: fails before touching data
 
 
 def test_ranks_read_disjoint_micro_batches_covering_the_step() -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from parcae_scaling.sweeps.dist_launch import slurm_task_layout
 from parcae_scaling.model.train.loop import SUMMARY_FILE
+from parcae_testing import tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 
 def test_slurm_layout_has_one_task_per_rank(tmp_path: Path) -> None:
-    run = H.tiny_run(tmp_path, H.write_bin_shards(tmp_path / "d"), nproc_per_node=4, nodes=2)
+    run = tiny_run(tmp_path, write_bin_shards(tmp_path / "d"), nproc_per_node=4, nodes=2)
     assert slurm_task_layout(run, gpus=True) == {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4}
     assert "gpus_per_node" not in slurm_task_layout(run, gpus=False)
 
@@ -32,7 +27,7 @@ def test_two_worker_run_through_a_local_ray_cluster(tmp_path: Path) -> None:
     pytest.importorskip("ray.train.torch")
     from parcae_scaling.sweeps.dist_launch import ray_train_run
 
-    run = H.tiny_run(tmp_path / "run", H.write_bin_shards(tmp_path / "data"), tokens=8 * 32 * 4, nproc_per_node=2)
+    run = tiny_run(tmp_path / "run", write_bin_shards(tmp_path / "data"), tokens=8 * 32 * 4, nproc_per_node=2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray_train_run(run)

@@ -4,10 +4,8 @@ also under another world size and with ZeRO optimizer sharding."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +17,8 @@ from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
 from parcae_scaling.sweeps.dist_launch import launch_local, start_local, wait_local
 from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 STEPS = 16
 RTOL = 1e-5  # the only difference is the order of float sums in the gradient all-reduce
@@ -35,9 +30,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     """One process, 2 accumulated micro-batches of 4: global batch 8 sequences."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("dist")
-    data = H.write_bin_shards(root / "data")
-    run = H.tiny_run(root / "ref", data, grad_accum_steps=2, tokens=8 * 32 * STEPS, checkpoint_every_steps=2)
-    sink = H.ListSink()
+    data = write_bin_shards(root / "data")
+    run = tiny_run(root / "ref", data, grad_accum_steps=2, tokens=8 * 32 * STEPS, checkpoint_every_steps=2)
+    sink = ListSink()
     result = train_run(run, sink)
     assert result.status == RunStatus.SUCCEEDED and result.steps_done == STEPS
     return root, run, result, sink.losses()
@@ -109,7 +104,7 @@ def test_sigkill_of_one_rank_fails_cleanly_and_relaunch_resumes(reference) -> No
     assert result.final_val_loss == pytest.approx(ref_result.final_val_loss, rel=RTOL)
 
 
-class _StopAfter(H.ListSink):
+class _StopAfter(ListSink):
     """Fails the run while logging step `at`, before that step's checkpoint."""
 
     def __init__(self, at: int) -> None:

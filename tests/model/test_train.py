@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,11 +18,8 @@ from parcae_scaling.model.train.optim import build_optimizer
 from parcae_scaling.model.run_spec import DataSpec, OptimizerSpec, plan_tokens
 from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
 from parcae_scaling.model.contracts import RunResult
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +31,11 @@ def _one_thread():
 
 
 def test_trains_exactly_the_planned_tokens_and_flops(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    run = H.tiny_run(tmp_path / "run", data, tokens=4 * 32 * 5 + 100, eval_recurrences=(1, 3))
+    data = write_bin_shards(tmp_path / "data")
+    run = tiny_run(tmp_path / "run", data, tokens=4 * 32 * 5 + 100, eval_recurrences=(1, 3))
     plan = plan_tokens(run)
     assert (plan.steps, plan.tokens) == (5, 4 * 32 * 5)  # floored to whole steps
-    sink = H.ListSink()
+    sink = ListSink()
     result = train_run(run, sink)
     assert result.status == RunStatus.SUCCEEDED
     assert result.tokens_trained == plan.tokens and result.steps_done == 5
@@ -59,12 +54,12 @@ def test_trains_exactly_the_planned_tokens_and_flops(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert summary["summary_version"] == 1 and RunResult.from_dict(summary) == result
     # A finished run is not trained again.
-    again = H.ListSink()
+    again = ListSink()
     assert train_run(run, again) == result and again.metrics == []
 
 
 def test_budget_below_one_step_is_rejected(tmp_path: Path) -> None:
-    run = H.tiny_run(tmp_path / "run", H.write_bin_shards(tmp_path / "d"), tokens=None, budget_flops=1e3)
+    run = tiny_run(tmp_path / "run", write_bin_shards(tmp_path / "d"), tokens=None, budget_flops=1e3)
     with pytest.raises(ValueError, match="less than one optimizer step"):
         plan_tokens(run)
     big = run.replace(budget_flops=1e10)
@@ -74,10 +69,10 @@ def test_budget_below_one_step_is_rejected(tmp_path: Path) -> None:
 
 
 def test_absurd_learning_rate_diverges_and_keeps_metrics(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    run = H.tiny_run(tmp_path / "run", data, tokens=4 * 32 * 20,
+    data = write_bin_shards(tmp_path / "data")
+    run = tiny_run(tmp_path / "run", data, tokens=4 * 32 * 20,
                      optimizer=OptimizerSpec(lr=1e30, grad_clip_norm=0.0))
-    sink = H.ListSink()
+    sink = ListSink()
     result = train_run(run, sink)
     assert result.status == RunStatus.DIVERGED
     assert result.diverged_step is not None and 1 <= result.diverged_step <= 20
@@ -90,8 +85,8 @@ def test_absurd_learning_rate_diverges_and_keeps_metrics(tmp_path: Path) -> None
 
 
 def test_muon_optimizer_trains_and_groups_are_right(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    run = H.tiny_run(tmp_path / "run", data, optimizer=OptimizerSpec(name="muon", lr=1e-2, weight_decay=0.1))
+    data = write_bin_shards(tmp_path / "data")
+    run = tiny_run(tmp_path / "run", data, optimizer=OptimizerSpec(name="muon", lr=1e-2, weight_decay=0.1))
     torch.manual_seed(0)
     model = build_model(run.model)
     bundle = build_optimizer(model, run.optimizer)
@@ -101,7 +96,7 @@ def test_muon_optimizer_trains_and_groups_are_right(tmp_path: Path) -> None:
     no_decay_ids = {id(p) for p in groups["no_decay"]["params"]}
     injection = [p for n, p in model.named_parameters() if n.startswith("injection.")]
     assert injection and all(id(p) in no_decay_ids for p in injection)
-    sink = H.ListSink()
+    sink = ListSink()
     result = train_run(run, sink)
     assert result.status == RunStatus.SUCCEEDED
     losses = sink.losses()
@@ -109,9 +104,9 @@ def test_muon_optimizer_trains_and_groups_are_right(tmp_path: Path) -> None:
 
 
 def test_loss_decreases_on_learnable_data(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    run = H.tiny_run(tmp_path / "run", data, tokens=4 * 32 * 30, optimizer=OptimizerSpec(lr=1e-2))
-    sink = H.ListSink()
+    data = write_bin_shards(tmp_path / "data")
+    run = tiny_run(tmp_path / "run", data, tokens=4 * 32 * 30, optimizer=OptimizerSpec(lr=1e-2))
+    sink = ListSink()
     train_run(run, sink)
     losses = sink.losses()
     assert losses[30] < losses[1] - 1.0  # repeating text: a tiny model learns it fast
@@ -123,17 +118,17 @@ def test_parquet_and_embedded_sources_train(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": texts[50:]}), tmp_path / "val.parquet")
     parquet = DataSpec(source="parquet", train_paths=(str(tmp_path / "train.parquet"),),
                        val_paths=(str(tmp_path / "val.parquet"),), cache_dir=str(tmp_path / "cache"))
-    r1 = train_run(H.tiny_run(tmp_path / "p", parquet, tokens=4 * 32 * 2), H.ListSink())
+    r1 = train_run(tiny_run(tmp_path / "p", parquet, tokens=4 * 32 * 2), ListSink())
     assert r1.status == RunStatus.SUCCEEDED and r1.tokens_trained == 256
     embedded = DataSpec(cache_dir=str(tmp_path / "cache"))
-    r2 = train_run(H.tiny_run(tmp_path / "e", embedded, tokens=4 * 32 * 2), H.ListSink())
+    r2 = train_run(tiny_run(tmp_path / "e", embedded, tokens=4 * 32 * 2), ListSink())
     assert r2.status == RunStatus.SUCCEEDED and r2.final_val_loss is not None
 
 
 def test_transformer_baseline_trains(tmp_path: Path) -> None:
     model = get_config("transformer-tiny-64", d_model=32, d_ff=64, n_heads=2, seq_len=32)
-    sink = H.ListSink()
-    result = train_run(H.tiny_run(tmp_path / "t", H.write_bin_shards(tmp_path / "d"), model=model, tokens=256), sink)
+    sink = ListSink()
+    result = train_run(tiny_run(tmp_path / "t", write_bin_shards(tmp_path / "d"), model=model, tokens=256), sink)
     assert result.status == RunStatus.SUCCEEDED
     assert [r.recurrence for _, r in sink.evals] == [1]
     assert "rho_a" not in sink.metrics[-1][2]  # not applicable to a fixed-depth model
@@ -147,22 +142,22 @@ def test_failures_are_reported_with_status(tmp_path: Path) -> None:
     np.full(5000, 300, dtype=np.uint16).tofile(wide / "train.bin")
     np.full(500, 300, dtype=np.uint16).tofile(wide / "val.bin")
     data = DataSpec(source="bin", train_paths=(str(wide / "train.bin"),), val_paths=(str(wide / "val.bin"),))
-    sink = H.ListSink()
+    sink = ListSink()
     with pytest.raises(ValueError, match="vocab_size"):
-        train_run(H.tiny_run(tmp_path / "run", data), sink)
+        train_run(tiny_run(tmp_path / "run", data), sink)
     assert sink.statuses[-1][0] == RunStatus.FAILED and "vocab_size" in sink.statuses[-1][2]
     # An output directory belongs to one run spec.
-    other = H.tiny_run(tmp_path / "run", data, seed=99)
+    other = tiny_run(tmp_path / "run", data, seed=99)
     with pytest.raises(ValueError, match="fresh output_dir"):
-        train_run(other, H.ListSink())
+        train_run(other, ListSink())
 
 
 def test_bf16_autocast_path_runs_on_cpu(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    sink = H.ListSink()
-    result = train_run(H.tiny_run(tmp_path / "run", data, tokens=256, precision="bf16"), sink)
-    fp32 = H.ListSink()
-    train_run(H.tiny_run(tmp_path / "run32", data, tokens=256), fp32)
+    data = write_bin_shards(tmp_path / "data")
+    sink = ListSink()
+    result = train_run(tiny_run(tmp_path / "run", data, tokens=256, precision="bf16"), sink)
+    fp32 = ListSink()
+    train_run(tiny_run(tmp_path / "run32", data, tokens=256), fp32)
     assert result.status == RunStatus.SUCCEEDED and all(math.isfinite(v) for v in sink.losses().values())
     assert sink.losses()[1] != fp32.losses()[1]  # autocast really changed the arithmetic
     assert abs(sink.losses()[1] - fp32.losses()[1]) < 0.1
@@ -172,7 +167,7 @@ def test_evaluation_gives_one_row_per_recurrence_independent_of_rng_history(tmp_
     from parcae_scaling.model.train.data import load_data
     from parcae_scaling.model.train.loop import evaluate_recurrences
 
-    run = H.tiny_run(tmp_path / "run", H.write_bin_shards(tmp_path / "d"), eval_recurrences=(1, 3, 6))
+    run = tiny_run(tmp_path / "run", write_bin_shards(tmp_path / "d"), eval_recurrences=(1, 3, 6))
     torch.manual_seed(0)
     model = build_model(run.model)
     data = load_data(run.data)
@@ -186,10 +181,10 @@ def test_evaluation_gives_one_row_per_recurrence_independent_of_rng_history(tmp_
 
 
 def test_gradient_accumulation_reaches_the_global_batch(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "data")
-    run = H.tiny_run(tmp_path / "run", data, batch_size=2, grad_accum_steps=3, tokens=2 * 3 * 32 * 4)
+    data = write_bin_shards(tmp_path / "data")
+    run = tiny_run(tmp_path / "run", data, batch_size=2, grad_accum_steps=3, tokens=2 * 3 * 32 * 4)
     assert run.tokens_per_step == 192
-    sink = H.ListSink()
+    sink = ListSink()
     result = train_run(run, sink)
     assert result.steps_done == 4 and result.tokens_trained == 768
     assert [v["tokens"] for _, _, v in sink.metrics] == [192.0, 384.0, 576.0, 768.0]
@@ -197,11 +192,11 @@ def test_gradient_accumulation_reaches_the_global_batch(tmp_path: Path) -> None:
 
 def test_compiled_blocks_train_like_eager_on_cpu(tmp_path: Path) -> None:
     """run.compile compiles each block (inductor's C++ backend on CPU): same losses as eager."""
-    data = H.write_bin_shards(tmp_path / "data")
+    data = write_bin_shards(tmp_path / "data")
     losses = {}
     for compiled in (False, True):
-        run = H.tiny_run(tmp_path / f"run-{compiled}", data, tokens=4 * 32 * 4, compile=compiled)
-        sink = H.ListSink()
+        run = tiny_run(tmp_path / f"run-{compiled}", data, tokens=4 * 32 * 4, compile=compiled)
+        sink = ListSink()
         assert train_run(run, sink).status == RunStatus.SUCCEEDED
         losses[compiled] = sink.losses()
     assert losses[True].keys() == losses[False].keys()

@@ -53,14 +53,10 @@ def test_train_one_spec_defaults_to_a_run_dir_named_by_id() -> None:
 
 
 def test_train_one_runs_a_run_spec_file(tmp_path: Path) -> None:
-    import importlib.util
-    import sys
 
-    spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-    helpers = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = helpers
-    spec.loader.exec_module(helpers)
-    run = helpers.tiny_run(tmp_path / "run", helpers.write_bin_shards(tmp_path / "d"), tokens=256)
+    from parcae_testing import tiny_run, write_bin_shards
+
+    run = tiny_run(tmp_path / "run", write_bin_shards(tmp_path / "d"), tokens=256)
     (tmp_path / "run.json").write_text(run.to_json())
     res = _invoke(["--spec", str(tmp_path / "run.json")])
     assert res.exit_code == 0, res.output

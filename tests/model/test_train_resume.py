@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -17,11 +16,8 @@ from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.model.train.loop import train_run
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 # The child trains with a file sink and SIGKILLs itself right after logging step KILL_AT:
 # no handler, no flush, no cleanup runs, exactly like an OOM kill or a preempted node.
@@ -64,10 +60,10 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, optimizer: str) -> None:
     from parcae_scaling.model.run_spec import OptimizerSpec
 
-    data = H.write_bin_shards(tmp_path / "data")
+    data = write_bin_shards(tmp_path / "data")
     common = dict(tokens=4 * 32 * 10, checkpoint_every_steps=3, optimizer=OptimizerSpec(name=optimizer, lr=5e-3))
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-    run = H.tiny_run(killed_dir, data, **common)
+    run = tiny_run(killed_dir, data, **common)
 
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(run.to_json())
@@ -77,14 +73,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, optimizer: st
     assert (killed_dir / CHECKPOINT_FILE).exists()
     assert not (killed_dir / "summary.json").exists()
 
-    resumed_sink = H.ListSink()
+    resumed_sink = ListSink()
     resumed = train_run(RunSpec.from_json(spec_file.read_text()), resumed_sink)
     assert resumed.status == RunStatus.SUCCEEDED
     assert resumed_sink.statuses[0] == (RunStatus.RUNNING, 6, "resumed from step 6")
     assert sorted(resumed_sink.losses()) == [7, 8, 9, 10]  # continued from the step-6 checkpoint
 
-    clean_sink = H.ListSink()
-    clean = train_run(H.tiny_run(clean_dir, data, **common), clean_sink)
+    clean_sink = ListSink()
+    clean = train_run(tiny_run(clean_dir, data, **common), clean_sink)
     clean_losses = clean_sink.losses()
 
     killed_losses = {step: v for _, step, name, v in read_run_dir(killed_dir).metrics if name == "loss"}
@@ -104,7 +100,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     from parcae_scaling.model.train.checkpoint import TrainProgress, load_latest_checkpoint, save_checkpoint
     from parcae_scaling.model.train.optim import build_optimizer
 
-    run = H.tiny_run(tmp_path / "r", H.write_bin_shards(tmp_path / "d"))
+    run = tiny_run(tmp_path / "r", write_bin_shards(tmp_path / "d"))
     model = build_model(run.model)
     opt = build_optimizer(model, run.optimizer)
     ckpt_dir = tmp_path / "ckpt"

@@ -6,7 +6,6 @@ if missing, root only); SLURM tests skip with the reason when it cannot start.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -16,30 +15,15 @@ import pytest
 import yaml
 
 from parcae_scaling.db import RunStatus, Store
+from parcae_testing import ListSink, dp_sweep_spec, tiny_sweep_spec
+from services.service import running_service
 
 SLURM_SERVICE = Path(__file__).resolve().parents[1] / "services" / "slurm.sh"
-_service_spec = importlib.util.spec_from_file_location(
-    "parcae_test_services", Path(__file__).resolve().parents[1] / "services" / "service.py")
-_service = importlib.util.module_from_spec(_service_spec)
-_service_spec.loader.exec_module(_service)
-running_service = _service.running_service
-
-
-def _tiny_spec(name: str = "tiny", **changes: Any) -> dict[str, Any]:
-    """A sweep of three tiny runs (~50 optimizer steps each) on the embedded corpus."""
-    spec: dict[str, Any] = {
-        "name": name, "models": ["parcae-tiny-48"], "baselines": ["transformer-tiny-48"],
-        "model_overrides": {"seq_len": 32}, "budgets_flops": [1.0e10], "mu_rec": [1, 2],
-        "recipe": {"batch_size": 8, "eval_tokens": 1024, "metrics_every_steps": 5, "checkpoint_every_steps": 10},
-        "resources": {"max_concurrent": 2, "time_limit_min": 10, "mem_gb": 1},
-    }
-    spec.update(changes)
-    return spec
 
 
 @pytest.fixture
 def tiny_spec() -> Callable[..., dict[str, Any]]:
-    return _tiny_spec
+    return tiny_sweep_spec
 
 
 @pytest.fixture
@@ -105,30 +89,9 @@ def slurm_cluster() -> Iterator[str]:
 
 # ---- data-parallel runs: a tiny 2-process spec, its 1-process reference, a write audit ----------
 
-def _dp_spec(budget: float, **resources: Any) -> dict[str, Any]:
-    """One parcae-tiny-48 run on 2 processes (2 micro-batches of 4 per step, one per rank)."""
-    return {"name": "dp", "models": ["parcae-tiny-48"], "model_overrides": {"seq_len": 32}, "budgets_flops": [budget],
-            "mu_rec": [2], "recipe": {"batch_size": 4, "grad_accum_steps": 2, "eval_tokens": 1024,
-                                      "metrics_every_steps": 1, "checkpoint_every_steps": 5},
-            "resources": {"nproc_per_node": 2, "max_concurrent": 2, "mem_gb": 1, "time_limit_min": 10, **resources}}
-
-
 @pytest.fixture
 def dp_spec() -> Callable[..., dict[str, Any]]:
-    return _dp_spec
-
-
-class _LossSink:
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
-
-    def log_metrics(self, run_id: str, step: int, values: Any) -> None:
-        self.losses[step] = values["loss"]
-
-    def log_evals(self, run_id: str, rows: Any) -> None: ...
-    def update_status(self, run_id: str, status: RunStatus, **kw: Any) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+    return dp_sweep_spec
 
 
 def _one_process_reference(spec_path: Path, out: Path) -> tuple[dict[int, float], float]:
@@ -138,9 +101,9 @@ def _one_process_reference(spec_path: Path, out: Path) -> tuple[dict[int, float]
     from parcae_scaling.sweeps import load_spec, plan
 
     run = plan(load_spec(spec_path)).runs[0].run.with_world_size(1).replace(output_dir=str(out), sharding="ddp")
-    sink = _LossSink()
+    sink = ListSink()
     result = train_run(run, sink)
-    return sink.losses, float(result.final_val_loss)
+    return sink.losses(), float(result.final_val_loss)
 
 
 @pytest.fixture

@@ -10,37 +10,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pytest
 
-from parcae_scaling.db import EvalRow, RunStatus, Store
+from parcae_scaling.db import Store
 from parcae_scaling.model.train.loop import train_run
 from parcae_scaling.sweeps import get_backend, launch, load_spec, mark_stale, plan, resume
 from parcae_scaling.sweeps.backend_local import parse_job_id
+from parcae_testing import ListSink, tiny_sweep_spec
 
 LONG = {"budgets_flops": [3e10], "mu_rec": [2], "baselines": []}  # ~150 steps, checkpoint every 10
-
-
-class _ListSink:
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
-
-    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
-        self.losses[step] = values["loss"]
-
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None: ...
-    def update_status(self, run_id: str, status: RunStatus, **kw: Any) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
 
 
 def _reference_losses(spec_path: Path, tmp: Path) -> dict[int, float]:
     """The uninterrupted trajectory: the same RunSpec trained in-process, elsewhere."""
     run = plan(load_spec(spec_path)).runs[0].run
-    sink = _ListSink()
+    sink = ListSink()
     train_run(run.replace(output_dir=str(tmp / "reference")), sink)
-    return sink.losses
+    return sink.losses()
 
 
 def _losses(url: str, sweep: str) -> dict[int, float]:
@@ -101,13 +89,8 @@ def local_reference(tmp_path_factory, tiny_spec) -> tuple[dict[str, Any], dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_spec():  # noqa: ANN201  (module scope needs its own copy of the conftest helper)
-    import importlib.util
-
-    s = importlib.util.spec_from_file_location("sweeps_conftest", Path(__file__).with_name("conftest.py"))
-    mod = importlib.util.module_from_spec(s)
-    s.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod._tiny_spec
+def tiny_spec():  # noqa: ANN201  (module scope: the sweeps conftest fixture is function-scoped)
+    return tiny_sweep_spec
 
 
 @pytest.mark.slow

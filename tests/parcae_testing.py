@@ -1,4 +1,6 @@
-"""Shared tiny fixtures for the training tests (imported by file path, not a test module)."""
+"""What tests share: the one fake sink, tiny data, and tiny run and sweep specs.
+
+On pytest's path (pyproject `pythonpath = ["tests"]`): `from parcae_testing import ListSink`."""
 
 from __future__ import annotations
 
@@ -67,3 +69,23 @@ def tiny_run(out: Path, data: DataSpec, **changes: Any) -> RunSpec:
     )
     base.update(changes)
     return RunSpec(**base)
+
+
+def tiny_sweep_spec(name: str = "tiny", **changes: Any) -> dict[str, Any]:
+    """A sweep of three tiny runs (~50 optimizer steps each) on the embedded corpus."""
+    spec: dict[str, Any] = {
+        "name": name, "models": ["parcae-tiny-48"], "baselines": ["transformer-tiny-48"],
+        "model_overrides": {"seq_len": 32}, "budgets_flops": [1.0e10], "mu_rec": [1, 2],
+        "recipe": {"batch_size": 8, "eval_tokens": 1024, "metrics_every_steps": 5, "checkpoint_every_steps": 10},
+        "resources": {"max_concurrent": 2, "time_limit_min": 10, "mem_gb": 1},
+    }
+    spec.update(changes)
+    return spec
+
+
+def dp_sweep_spec(budget: float, **resources: Any) -> dict[str, Any]:
+    """One parcae-tiny-48 run on 2 processes (2 micro-batches of 4 per step, one per rank)."""
+    return {"name": "dp", "models": ["parcae-tiny-48"], "model_overrides": {"seq_len": 32}, "budgets_flops": [budget],
+            "mu_rec": [2], "recipe": {"batch_size": 4, "grad_accum_steps": 2, "eval_tokens": 1024,
+                                      "metrics_every_steps": 1, "checkpoint_every_steps": 5},
+            "resources": {"nproc_per_node": 2, "max_concurrent": 2, "mem_gb": 1, "time_limit_min": 10, **resources}}
