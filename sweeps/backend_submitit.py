@@ -74,7 +74,8 @@ class SlurmRun(Checkpointable):
     def __call__(self) -> str:
         from parcae_scaling.model.train.loop import train_run
         from parcae_scaling.sweeps.ranks import train_rank
-        from parcae_scaling.sweeps.worker import _install_sigterm, execute_run
+        from parcae_scaling.sweeps.worker import execute_run
+        from parcae_scaling.sweeps.writer import install_sigterm
 
         self._started, self._timed_out = time.time(), False  # a requeued job starts its clock again
         job = submitit.JobEnvironment()
@@ -83,7 +84,7 @@ class SlurmRun(Checkpointable):
             import torch
 
             torch.set_num_threads(self.torch_threads)
-            _install_sigterm()
+            install_sigterm()
             return train_rank(run, self.store_url, rank=job.global_rank, heartbeat_s=self.heartbeat_s,
                               attempt=self.attempt).status.value
         # This task is the worker, and rank 0 of a data-parallel run (in this process: train_run).

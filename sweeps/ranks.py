@@ -48,7 +48,7 @@ _RAY_LOST = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedE
 
 class RankFailure(RuntimeError):
     """A data-parallel run failed in one of its ranks; `failure_kind` is the classified kind
-    (worker.classify stores it as is)."""
+    (writer.classify stores it as is)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -65,7 +65,7 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
     the store."""
     from parcae_scaling.model.contracts import NullSink
     from parcae_scaling.sweeps.claims import FencedStore, current_attempt
-    from parcae_scaling.sweeps.worker import run_sink
+    from parcae_scaling.sweeps.writer import run_sink
 
     if rank != 0:
         yield NullSink()
@@ -92,7 +92,7 @@ def train_rank(run: RunSpec, store_url: str, *, rank: int, heartbeat_s: float,
 
 def write_report(reports: Path, rank: int, exc: BaseException) -> None:
     """Record how this rank ended (atomically) for the worker's classification."""
-    from parcae_scaling.sweeps.worker import classify
+    from parcae_scaling.sweeps.writer import classify
 
     report = {"rank": rank, "kind": classify(exc), "message": f"{type(exc).__name__}: {exc}",
               "traceback": "".join(traceback.format_exception(exc))[-3000:], "time": time.time()}
@@ -132,7 +132,7 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from parcae_scaling.model.train.distributed import environ_rank
-    from parcae_scaling.sweeps.worker import _install_sigterm
+    from parcae_scaling.sweeps.writer import install_sigterm
 
     p = argparse.ArgumentParser(prog=_ENTRY)
     p.add_argument("spec")
@@ -145,7 +145,7 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     run = RunSpec.from_json(Path(args.spec).read_text())
     rank = environ_rank()
-    _install_sigterm()  # torchrun stops the survivors of a failed rank with SIGTERM
+    install_sigterm()  # torchrun stops the survivors of a failed rank with SIGTERM
     try:
         train_rank(run, args.store, rank=rank, heartbeat_s=args.heartbeat, attempt=args.attempt)
     except BaseException as exc:

@@ -34,13 +34,14 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
-from parcae_scaling.db import EvalRow, RunDirSink, RunStatus, Store, StoreSink
+from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.db.files import METRICS_FILE
 from parcae_scaling.faults import fault_point
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.claims import FencedStore, Superseded, current_attempt, run_status
+from parcae_scaling.sweeps.writer import Terminated, classify, install_sigterm, run_sink
 
 HEARTBEAT_ENV = "PARCAE_HEARTBEAT_S"
 # Dispatch benchmark only (bench/dispatch_overhead.py): record the run as succeeded without training.
@@ -49,92 +50,11 @@ DEFAULT_HEARTBEAT_S = 10.0
 LOCK_FILE = "worker.lock"
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (cancel, preemption): not an Exception, so the loop does not swallow it."""
-
-
 class OutputDirLocked(RuntimeError):
     """Another live worker holds the run's output directory. Not retried by plain `resume`:
     the holder is still training (or stopping), and a retry now would fail the same way."""
 
     failure_kind = "locked"
-
-
-class _ClassifyingSink:
-    """Pass everything to the inner sink except FAILED statuses (the worker classifies those)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
-        self.inner.log_metrics(run_id, step, values)
-
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
-        self.inner.log_evals(run_id, rows)
-
-    def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
-                      message: str | None = None) -> None:
-        if RunStatus(status) is not RunStatus.FAILED:
-            self.inner.update_status(run_id, status, step=step, message=message)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _TeeSink:
-    """The run directory first (buffered appends; durable at each flush), then the store."""
-
-    def __init__(self, run_dir: RunDirSink, store: StoreSink) -> None:
-        self.run_dir, self.store = run_dir, store
-
-    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
-        self.run_dir.log_metrics(run_id, step, values)
-        self.store.log_metrics(run_id, step, values)
-
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
-        self.run_dir.log_evals(run_id, rows)
-        self.store.log_evals(run_id, rows)
-
-    def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
-                      message: str | None = None) -> None:
-        fault_point("status_update")
-        self.run_dir.update_status(run_id, status, step=step, message=message)
-        self.store.update_status(run_id, status, step=step, message=message)
-
-    def flush(self) -> None:
-        self.run_dir.flush()
-        self.store.flush()
-
-    def close(self) -> None:
-        try:
-            self.store.close()
-        finally:
-            self.run_dir.close()
-
-
-@contextlib.contextmanager
-def run_sink(fenced: FencedStore, run: RunSpec, *, heartbeat_s: float) -> Iterator[_ClassifyingSink]:
-    """The sink a run's writer (the worker, or rank 0 of a data-parallel run) trains through:
-    run directory and store (fenced on the attempt), FAILED held back for the worker."""
-    with RunDirSink(run.output_dir) as files, \
-            StoreSink(fenced, flush_interval_s=min(heartbeat_s, 10.0)) as sink:  # type: ignore[arg-type]
-        yield _ClassifyingSink(_TeeSink(files, sink))
-
-
-def classify(exc: BaseException) -> str:
-    import torch
-
-    if getattr(exc, "failure_kind", None):  # already classified (sweeps/ranks.RankFailure: a rank's failure)
-        return str(exc.failure_kind)  # type: ignore[attr-defined]
-    # SystemExit: submitit's requeue on timeout/preemption; KeyboardInterrupt: Ctrl-C, a user's preemption
-    if isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt)):
-        return "preempted"
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
-        return "oom"
-    return "error"
 
 
 def _heartbeat_loop(store: FencedStore, run_id: str, every_s: float, stop: threading.Event) -> None:
@@ -157,15 +77,6 @@ def _heartbeat_loop(store: FencedStore, run_id: str, every_s: float, stop: threa
                 print(f"parcae worker: run {run_id}: heartbeat failed ({type(exc).__name__}: "
                       f"{' '.join(str(exc).split())[:300]}); retrying every {every_s:g} s", file=sys.stderr, flush=True)
                 logged = True
-
-
-def _install_sigterm() -> object | None:
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _announce_resume(run: RunSpec) -> None:
@@ -302,7 +213,7 @@ def _execute_locked(run: RunSpec, fenced: FencedStore, *, job_id: str | None, he
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat_loop, args=(fenced, run_id, heartbeat_s, stop), daemon=True)
     beat.start()
-    previous = _install_sigterm()
+    previous = install_sigterm()
     previous_int = signal.getsignal(signal.SIGINT)
     try:
         with run_sink(fenced, run, heartbeat_s=heartbeat_s) as sink:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from parcae_scaling.scaling.data import load_csv, load_store
+from parcae_scaling.scaling.data import load_csv
+from parcae_scaling.scaling.report.store_tables import load_store
 from parcae_scaling.scaling.effective_params import ColumnParams, EffectiveParams, UnrolledParams
 from parcae_scaling.scaling.report.analyses import looped_runs, select_model
 

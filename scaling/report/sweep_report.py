@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from parcae_scaling.scaling.data import load_store, require_sweeps
+from parcae_scaling.scaling.report.store_tables import load_store, require_sweeps
 from parcae_scaling.scaling.effective_params import EffectiveParams
 from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
 from parcae_scaling.scaling.report.figures import stability_figure

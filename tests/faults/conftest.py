@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -194,26 +194,3 @@ def wait_until() -> Callable[..., None]:
             time.sleep(0.1)
 
     return wait
-
-
-@pytest.fixture(scope="session")
-def slurm_conf() -> Iterator[str]:
-    """SLURM_CONF of the private single-node cluster of tests/sweeps (skips with its reason)."""
-    if os.geteuid() != 0:
-        pytest.skip("the single-node SLURM test cluster needs root (slurmd)")
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "services" / "service.py"
-    spec = importlib.util.spec_from_file_location("parcae_test_services", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    with module.running_service(path.with_name("slurm.sh"), "SLURM test cluster", start_timeout_s=900) as conf:
-        old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = conf
-        try:
-            yield conf
-        finally:
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old

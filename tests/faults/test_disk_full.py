@@ -5,10 +5,8 @@ earlier checkpoint and ends exactly like an uninterrupted run. Needs root (mount
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,13 +19,9 @@ from parcae_scaling.model.train.checkpoint import (
 )
 from parcae_scaling.model.train.loop import train_run
 from parcae_scaling.sweeps.claims import RETRYABLE_KINDS
-from parcae_scaling.sweeps.worker import classify
+from parcae_scaling.sweeps.writer import classify
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_HELPERS = Path(__file__).resolve().parents[1] / "model" / "train_helpers.py"
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", _HELPERS)
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -65,17 +59,17 @@ def tiny_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_resumes_from_it(tmp_path: Path, tiny_fs) -> None:
-    data = H.write_bin_shards(tmp_path / "d")
+    data = write_bin_shards(tmp_path / "d")
     # The uninterrupted reference (on the ordinary disk) also gives the checkpoint's size.
-    clean_sink = H.ListSink()
-    clean = train_run(H.tiny_run(tmp_path / "clean", data, checkpoint_every_steps=2), clean_sink)
+    clean_sink = ListSink()
+    clean = train_run(tiny_run(tmp_path / "clean", data, checkpoint_every_steps=2), clean_sink)
     ckpt_bytes = (tmp_path / "clean" / CHECKPOINT_FILE).stat().st_size
     # Room for one checkpoint and the run spec, not for the second checkpoint beside the first.
     size = (ckpt_bytes * 3 // 2 // _PAGE + 4) * _PAGE
     out = tiny_fs(size) / "run"
-    run = H.tiny_run(out, data, checkpoint_every_steps=2)
+    run = tiny_run(out, data, checkpoint_every_steps=2)
 
-    sink = H.ListSink()
+    sink = ListSink()
     with pytest.raises(CheckpointNoSpace) as err:
         train_run(run, sink)
     msg = str(err.value)
@@ -89,7 +83,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_resumes_from_it(tmp_path: P
     assert PREVIOUS_CHECKPOINT_FILE not in os.listdir(out)
 
     tiny_fs(16 * ckpt_bytes)  # space freed: the same attempt again, as `resume` would start it
-    again_sink = H.ListSink()
+    again_sink = ListSink()
     again = train_run(run, again_sink)
     assert again.status == RunStatus.SUCCEEDED
     assert again_sink.statuses[0] == (RunStatus.RUNNING, 2, "resumed from step 2")

@@ -24,7 +24,8 @@ from parcae_scaling.db.schema import Run
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps import get_backend, resume
 from parcae_scaling.sweeps.claims import FencedStore, Superseded, check_liveness, claim_runs, mark_stale
-from parcae_scaling.sweeps.worker import LOCK_FILE, classify, lock_output_dir
+from parcae_scaling.sweeps.worker import LOCK_FILE, lock_output_dir
+from parcae_scaling.sweeps.writer import classify
 
 SWEEP = "faults"  # the tiny sweep's name (tests/faults/conftest.py)
 
@@ -59,7 +60,7 @@ def test_kill_at_each_stage_then_resume_matches_the_uninterrupted_run(stage, new
 @pytest.mark.slow
 @pytest.mark.service
 @pytest.mark.parametrize("stage", ["first_step", "checkpoint_tmp", "summary_written"])
-def test_kill_at_a_stage_under_slurm_then_resume(stage, slurm_conf, new_sweep, assert_matches_reference):
+def test_kill_at_a_stage_under_slurm_then_resume(stage, slurm_cluster, new_sweep, assert_matches_reference):
     sweep = new_sweep()
     out = sweep.launch("--backend", "submitit", fault=STAGES[stage])
     logs = "".join(p.read_text(errors="replace") for p in sweep.root.rglob("*_log.err"))

@@ -3,11 +3,9 @@ previous one; none readable fails once, naming the files and the fix; another ru
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +19,9 @@ from parcae_scaling.model.train.checkpoint import (
 )
 from parcae_scaling.model.train.optim import build_optimizer
 from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
-from parcae_scaling.sweeps.worker import classify
+from parcae_scaling.sweeps.writer import classify
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +34,7 @@ def _one_thread():
 
 @pytest.fixture
 def parts(tmp_path: Path):
-    run = H.tiny_run(tmp_path / "r", H.write_bin_shards(tmp_path / "d"))
+    run = tiny_run(tmp_path / "r", write_bin_shards(tmp_path / "d"))
     model = build_model(run.model)
     return model, build_optimizer(model, run.optimizer), tmp_path / "ckpt"
 
@@ -158,17 +153,17 @@ def test_disk_full_kind_is_classified() -> None:
 
 def test_train_run_resumes_from_previous_when_newest_is_torn(tmp_path: Path) -> None:
     """End to end: the fallback resume ends exactly like the uninterrupted run and says so."""
-    data = H.write_bin_shards(tmp_path / "d")
-    clean = H.tiny_run(tmp_path / "clean", data, checkpoint_every_steps=2)
-    clean_sink = H.ListSink()
+    data = write_bin_shards(tmp_path / "d")
+    clean = tiny_run(tmp_path / "clean", data, checkpoint_every_steps=2)
+    clean_sink = ListSink()
     reference = train_run(clean, clean_sink)
-    run = H.tiny_run(tmp_path / "torn", data, checkpoint_every_steps=2)
-    first = train_run(run, H.ListSink())
+    run = tiny_run(tmp_path / "torn", data, checkpoint_every_steps=2)
+    first = train_run(run, ListSink())
     assert first.status == RunStatus.SUCCEEDED and checkpoint_step(run.output_dir) == 6
     # Pretend the run died while step 6's checkpoint was torn (the summary was never written).
     (Path(run.output_dir) / SUMMARY_FILE).unlink()
     _truncate(Path(run.output_dir) / CHECKPOINT_FILE)
-    sink = H.ListSink()
+    sink = ListSink()
     again = train_run(run, sink)
     assert again.status == RunStatus.SUCCEEDED
     running = [m for s, _, m in sink.statuses if s == RunStatus.RUNNING]
@@ -179,16 +174,16 @@ def test_train_run_resumes_from_previous_when_newest_is_torn(tmp_path: Path) -> 
 
 
 def test_train_run_without_a_readable_checkpoint_fails_with_the_fix(tmp_path: Path) -> None:
-    run = H.tiny_run(tmp_path / "r", H.write_bin_shards(tmp_path / "d"), checkpoint_every_steps=2)
-    train_run(run, H.ListSink())
+    run = tiny_run(tmp_path / "r", write_bin_shards(tmp_path / "d"), checkpoint_every_steps=2)
+    train_run(run, ListSink())
     out = Path(run.output_dir)
     (out / SUMMARY_FILE).unlink()
     _truncate(out / CHECKPOINT_FILE)
     _truncate(out / PREVIOUS_CHECKPOINT_FILE)
-    sink = H.ListSink()
+    sink = ListSink()
     with pytest.raises(CheckpointUnreadable, match="to restart the run from step 0"):
         train_run(run, sink)
     assert [s for s, _, _ in sink.statuses] == [RunStatus.FAILED]
     (out / CHECKPOINT_FILE).unlink()  # the advised fix
     (out / PREVIOUS_CHECKPOINT_FILE).unlink()
-    assert train_run(run, H.ListSink()).status == RunStatus.SUCCEEDED
+    assert train_run(run, ListSink()).status == RunStatus.SUCCEEDED

@@ -4,10 +4,8 @@ short or long, stay SUCCEEDED (probe case 5.3)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,11 +16,8 @@ from parcae_scaling.model.train.checkpoint import TrainProgress
 from parcae_scaling.model.train.data import load_data
 from parcae_scaling.model.run_spec import OptimizerSpec
 from parcae_scaling.model.train.loop import SUMMARY_FILE, learned_nothing, train_run, unigram_baseline_nats
+from parcae_testing import ListSink, tiny_run, write_bin_shards
 
-_spec = importlib.util.spec_from_file_location("parcae_train_helpers", Path(__file__).with_name("train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = H
-_spec.loader.exec_module(H)
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +29,9 @@ def _one_thread():
 
 
 def test_lr_1_learns_nothing_and_is_recorded_diverged(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "d")
-    run = H.tiny_run(tmp_path / "r", data, tokens=4 * 32 * 30, optimizer=OptimizerSpec(lr=1.0))
-    sink = H.ListSink()
+    data = write_bin_shards(tmp_path / "d")
+    run = tiny_run(tmp_path / "r", data, tokens=4 * 32 * 30, optimizer=OptimizerSpec(lr=1.0))
+    sink = ListSink()
     result = train_run(run, sink)
     baseline = unigram_baseline_nats(load_data(data), 256)
     # Measured: the loss climbs from 5.66 to ~81 nats and the final val loss is 6.27 vs 3.08.
@@ -52,19 +47,19 @@ def test_lr_1_learns_nothing_and_is_recorded_diverged(tmp_path: Path) -> None:
 
 
 def test_healthy_runs_stay_succeeded_on_both_sides_of_the_baseline(tmp_path: Path) -> None:
-    data = H.write_bin_shards(tmp_path / "d")
+    data = write_bin_shards(tmp_path / "d")
     baseline = unigram_baseline_nats(load_data(data), 256)
-    learned = train_run(H.tiny_run(tmp_path / "long", data, tokens=4 * 32 * 60,
-                                   optimizer=OptimizerSpec(lr=1e-2)), H.ListSink())
+    learned = train_run(tiny_run(tmp_path / "long", data, tokens=4 * 32 * 60,
+                                   optimizer=OptimizerSpec(lr=1e-2)), ListSink())
     assert learned.status == RunStatus.SUCCEEDED and learned.final_val_loss < 0.5 * baseline  # measured 0.13 vs 3.08
     # Six steps: not yet below the baseline, but its loss only fell: undertrained, not diverged.
-    short = train_run(H.tiny_run(tmp_path / "short", data), H.ListSink())
+    short = train_run(tiny_run(tmp_path / "short", data), ListSink())
     assert short.status == RunStatus.SUCCEEDED and short.final_val_loss > baseline and short.message is None
 
 
 def _decide(val: float, first: float | None, peak: float | None, tmp_path: Path) -> str | None:
-    data = H.write_bin_shards(tmp_path / "d")
-    run = H.tiny_run(tmp_path / "r", data)
+    data = write_bin_shards(tmp_path / "d")
+    run = tiny_run(tmp_path / "r", data)
     evals = [EvalRow(recurrence=run.mu_rec, split="val", loss=val, tokens=512)]
     progress = TrainProgress(step=6, first_loss=first, peak_loss=peak)
     return learned_nothing(run, load_data(data), progress, evals)
@@ -84,7 +79,7 @@ def test_decision(tmp_path: Path, val: float, first: float | None, peak: float |
 def test_unigram_baseline_is_the_one_implementation(tmp_path: Path) -> None:
     from parcae_scaling.model.train.corpus import unigram_entropy_nats
 
-    data = load_data(H.write_bin_shards(tmp_path / "d"))
+    data = load_data(write_bin_shards(tmp_path / "d"))
     assert data.unigram_entropy_nats is None  # .bin shards: computed from the tokens
     everything = data.train.window(0, len(data.train))
     assert unigram_baseline_nats(data, 256) == unigram_entropy_nats(everything, 256)

@@ -6,19 +6,16 @@ if missing, root only); SLURM tests skip with the reason when it cannot start.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import yaml
 
 from parcae_scaling.db import RunStatus, Store
 from parcae_testing import ListSink, dp_sweep_spec, tiny_sweep_spec
-from services.service import running_service
 
-SLURM_SERVICE = Path(__file__).resolve().parents[1] / "services" / "slurm.sh"
 
 
 @pytest.fixture
@@ -68,23 +65,6 @@ def _final_losses(url: str, sweep: str) -> dict[tuple[str, int], float]:
         df = store.final_losses(sweep)
     assert (df["status"] == RunStatus.SUCCEEDED.value).all(), df[["run_id", "status"]]
     return {(r.model_size, int(r.mu_rec)): float(r.eval_loss) for r in df.itertuples()}
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[str]:
-    """SLURM_CONF path of a private single-node cluster (exported for submitit's sbatch/squeue)."""
-    if os.geteuid() != 0:
-        pytest.skip("the single-node SLURM test cluster needs root (slurmd)")
-    with running_service(SLURM_SERVICE, "SLURM test cluster", start_timeout_s=900) as conf:
-        old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = conf
-        try:
-            yield conf
-        finally:
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old
 
 
 # ---- data-parallel runs: a tiny 2-process spec, its 1-process reference, a write audit ----------

@@ -1,0 +1,38 @@
+"""A sweep in the store as the fit library's tables (scaling/data.py RUN_COLUMNS and the
+test-time curves): the one place where store rows become DataFrames to fit."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from parcae_scaling.db import Store
+
+
+def runs_from_store_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Map the store's isoflop_table() columns onto RUN_COLUMNS (+ N(mu) breakdown, model)."""
+    df = frame.rename(columns={"params_total": "params", "model_size": "model", "params_core": "core_params"})
+    if "params_non_embedding" in df.columns and "core_params" in df.columns:
+        df["non_core_params"] = df["params_non_embedding"] - df["core_params"].astype("float64")
+    if "model_family" in df.columns:
+        df["arch"] = df["model_family"]
+    return df
+
+
+def require_sweeps(store: Store, names: tuple[str, ...], url: str) -> None:
+    """Refuse sweep names the store has no runs of, listing the recorded ones."""
+    known = set(store.runs()["sweep"])
+    missing = [s for s in names if s not in known]
+    if missing:
+        raise ValueError(f"sweep(s) {missing} have no runs in {url}; recorded sweeps: {sorted(known)} "
+                         "(check --sweep)")
+
+
+def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
+    """Read a sweep from the SQL store: kind 'runs' (loss at T = mu_rec) or 'test_time'."""
+    if kind not in ("runs", "test_time"):
+        raise ValueError(f"kind={kind!r}: choose 'runs' or 'test_time'")
+    with Store.open(url, upgrade=False) as store:
+        require_sweeps(store, (sweep,), url)
+        if kind == "runs":
+            return runs_from_store_frame(store.isoflop_table(sweep))
+        return store.test_time_curves(sweep).rename(columns={"model_size": "model"})
