@@ -1,16 +1,15 @@
-"""Typed records the store accepts: runs (until sweeps/ defines RunSpec) and ingest reports."""
+"""Typed records the store accepts: runs (built by the planner, sweeps/plan.py `PlannedRun.record`)
+and ingest reports."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from parcae_scaling.model.contracts import RunStatus
 
-if TYPE_CHECKING:
-    from parcae_scaling.model.run_spec import RunSpec
 
 
 def check_json(value: Any, field_name: str) -> dict[str, Any]:
@@ -74,27 +73,6 @@ class RunRecord:
             raise ValueError(f"RunRecord.attempt must be >= 0, got {self.attempt}")
         object.__setattr__(self, "status", RunStatus(self.status))
         object.__setattr__(self, "spec", check_json(self.spec, "RunRecord.spec"))
-
-
-def run_record_from_spec(
-    run: RunSpec, *, sweep: str, backend: str | None = None, job_id: str | None = None, attempt: int = 0
-) -> RunRecord:
-    """The store's columns for a planned RunSpec: parameter counts from the model's breakdown,
-    tokens and FLOPs/token from `plan_tokens` (what the worker will actually train)."""
-    # Imported here so that reading a store never needs torch.
-    from parcae_scaling.model.params import parameter_breakdown
-    from parcae_scaling.model.run_spec import plan_tokens
-
-    plan = plan_tokens(run)
-    params = parameter_breakdown(run.model)
-    budget = run.budget_flops if run.budget_flops is not None else plan.planned_flops
-    return RunRecord(
-        run_id=run.run_id, sweep=sweep, spec=run.to_dict(), model_family=run.model.family,
-        model_size=run.model.name, params_total=params.total, params_non_embedding=params.non_embedding,
-        params_core=params.core, mu_rec=run.mu_rec, mu_bwd=run.mu_bwd, budget_flops=float(budget),
-        flop_convention=run.flop_convention, flops_per_token=float(plan.flops_per_token),
-        tokens=plan.tokens, backend=backend, job_id=job_id, attempt=attempt, output_dir=run.output_dir,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

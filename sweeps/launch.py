@@ -18,7 +18,6 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from parcae_scaling.db import RunStatus, Store
-from parcae_scaling.db.records import run_record_from_spec
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
 from parcae_scaling.faults import fault_point
@@ -91,7 +90,7 @@ def record_plan(store: Store, plan: Plan, *, allow_drift: bool = False) -> int:
     # the same spec, stored before new optional fields existed: rewrite it in full
     store.record_sweep(plan.sweep, spec_dict, replace=allow_drift or (raw != spec_dict and stored == spec_dict))
     existing = set(existing_sweeps)
-    new = [run_record_from_spec(r.run, sweep=plan.sweep) for r in plan.runs if r.run_id not in existing]
+    new = [r.record(plan.sweep) for r in plan.runs if r.run_id not in existing]
     return store.record_runs(new)
 
 

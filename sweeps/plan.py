@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parcae_scaling.db.records import RunRecord
 from parcae_scaling.model.config import ModelConfig, get_config
 from parcae_scaling.model.params import parameter_breakdown
 from parcae_scaling.model.run_spec import DataSpec, FieldError, RunSpec, TokenPlan, plan_tokens
@@ -38,6 +39,7 @@ class PlannedRun:
     family: str
     params_total: int
     params_non_embedding: int
+    params_core: int
     budget_flops: float | None
     flops_per_token: int
     tokens: int
@@ -51,6 +53,18 @@ class PlannedRun:
     @property
     def device_hours(self) -> float:
         return self.wall_hours * self.processes
+
+    def record(self, sweep: str) -> RunRecord:
+        """The store's row for this run: the planned tokens, exact FLOPs per token and parameter
+        counts computed here, so no later stage recomputes them."""
+        return RunRecord(
+            run_id=self.run_id, sweep=sweep, spec=self.run.to_dict(), model_family=self.family,
+            model_size=self.model_size, params_total=self.params_total,
+            params_non_embedding=self.params_non_embedding, params_core=self.params_core,
+            mu_rec=self.run.mu_rec, mu_bwd=self.run.mu_bwd,
+            budget_flops=float(self.budget_flops if self.budget_flops is not None else self.planned_flops),
+            flop_convention=self.run.flop_convention, flops_per_token=float(self.flops_per_token),
+            tokens=self.tokens, output_dir=self.run.output_dir)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -114,9 +128,9 @@ def _config(name: str, overrides: tuple[tuple[str, Any], ...], mu_rec: int, mu_b
 
 
 @functools.lru_cache(maxsize=4096)
-def _params(config: ModelConfig) -> tuple[int, int]:
+def _params(config: ModelConfig) -> tuple[int, int, int]:
     b = parameter_breakdown(config)
-    return b.total, b.non_embedding
+    return b.total, b.non_embedding, b.core
 
 
 def _combinations(spec: SweepSpec, models: tuple[str, ...], zipped: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -182,7 +196,7 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     except FieldError as exc:
         raise SpecError(spec.source, field_name, f"{run.model.name} at mu_rec={run.mu_rec}: {exc.why}",
                         "raise the budget or lower recipe.batch_size / model_overrides.seq_len") from None
-    total, non_emb = _params(run.model)
+    total, non_emb, core = _params(run.model)
     problems = []
     if tp.steps < MIN_STEPS_OK:
         problems.append(f"only {tp.steps} optimizer steps")
@@ -193,7 +207,7 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
         problems.append("under 1 token per non-embedding parameter")
     return PlannedRun(
         run=run, run_id=run_id, model_size=run.model.name, family=run.model.family, params_total=total,
-        params_non_embedding=non_emb, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
+        params_non_embedding=non_emb, params_core=core, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
         tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops, processes=run.world_size, nodes=run.nodes,
         wall_hours=wall_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu,
                               devices=run.world_size),

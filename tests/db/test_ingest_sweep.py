@@ -1,38 +1,40 @@
-"""From a model RunSpec to store columns, and ingesting every run directory of a sweep."""
+"""From a planned run to store columns, and ingesting every run directory of a sweep."""
 
 from __future__ import annotations
 
 import pytest
 
 from parcae_scaling.db import EvalRow, RunDirSink, RunStatus
-from parcae_scaling.db.records import run_record_from_spec
-from parcae_scaling.model.config import get_config
 from parcae_scaling.model.flops import flops_per_token
 from parcae_scaling.model.params import parameter_breakdown
-from parcae_scaling.model.run_spec import RunSpec, plan_tokens
+from parcae_scaling.model.run_spec import plan_tokens
+from parcae_scaling.sweeps import PlannedRun, plan, spec_from_dict
 
 
-def _spec(tmp_path, mu_rec: int) -> RunSpec:
-    config = get_config("parcae-tiny-48", mu_rec=mu_rec)
-    return RunSpec(model=config, output_dir=str(tmp_path / f"mu{mu_rec}"), budget_flops=1e12)
+def _planned(tmp_path) -> list[PlannedRun]:
+    spec = spec_from_dict({"name": "sw", "models": ["parcae-tiny-48"], "budgets_flops": [1e12], "mu_rec": [1, 2, 4],
+                           "output_root": str(tmp_path)}, source="test")
+    return list(plan(spec).runs)
 
 
-def test_run_record_from_spec_matches_the_model(tmp_path):
-    run = _spec(tmp_path, 4)
-    rec = run_record_from_spec(run, sweep="sw", backend="local")
+def test_a_planned_runs_record_matches_the_model(tmp_path):
+    planned = _planned(tmp_path)[2]
+    run = planned.run
+    rec = planned.record("sw")
     params = parameter_breakdown(run.model)
     assert rec.run_id == run.run_id and rec.spec == run.to_dict()
     assert (rec.mu_rec, rec.mu_bwd) == (4, 2)
     assert rec.params_total == params.total and rec.params_core == params.core
     assert rec.flops_per_token == flops_per_token(run.model, convention="reference")
     assert rec.tokens == plan_tokens(run).tokens and rec.budget_flops == 1e12
-    assert rec.output_dir == run.output_dir and rec.backend == "local"
+    assert rec.output_dir == run.output_dir and rec.backend is None
 
 
 def test_ingest_sweep_reads_every_recorded_run_dir(store, tmp_path):
-    runs = [_spec(tmp_path, mu) for mu in (1, 2, 4)]
+    planned = _planned(tmp_path)
+    runs = [p.run for p in planned]
     store.record_sweep("sw", {"budgets": [1e12]})
-    store.record_runs([run_record_from_spec(r, sweep="sw") for r in runs])
+    store.record_runs([p.record("sw") for p in planned])
     for r in runs[:2]:  # the third run has not started: no files yet
         with RunDirSink(r.output_dir) as sink:
             sink.update_status(r.run_id, RunStatus.RUNNING)
