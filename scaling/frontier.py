@@ -22,7 +22,9 @@ from parcae_scaling.scaling.results import ConfidenceInterval, FitResult, percen
 @dataclass(frozen=True, kw_only=True)
 class FlopsPerToken:
     """FLOPs per training token as an affine function of mu_rec (exact for a fixed mu_bwd rule
-    up to the ceil in mu_bwd = ceil(mu_rec/2)), estimated from the sweep's budget / tokens."""
+    up to the ceil in mu_bwd = ceil(mu_rec/2)), fitted to the runs' exact `flops_per_token`
+    (the store's column, computed once by the planner), or to budget / tokens for a table
+    without it (a CSV from elsewhere; that ratio includes whole-step rounding)."""
 
     intercept: float
     slope: float
@@ -34,7 +36,12 @@ class FlopsPerToken:
 def flops_per_token_from_runs(df: pd.DataFrame) -> FlopsPerToken:
     data = validate_table(df, ("budget_flops", "tokens", "mu_rec", "loss"), what="frontier input",
                           key=("run_id",)).df
-    fpt = data["budget_flops"].to_numpy(float) / data["tokens"].to_numpy(float)
+    exact = pd.to_numeric(data["flops_per_token"], errors="coerce").to_numpy(float) \
+        if "flops_per_token" in data.columns else None
+    if exact is not None and np.all(np.isfinite(exact) & (exact > 0)):
+        fpt = exact
+    else:
+        fpt = data["budget_flops"].to_numpy(float) / data["tokens"].to_numpy(float)
     mu = data["mu_rec"].to_numpy(float)
     if np.unique(mu).size < 2:
         raise ValueError("frontier needs runs at >= 2 mu_rec values to learn FLOPs per token")
