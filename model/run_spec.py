@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, get_args
 
+from parcae_scaling.model.flops import FlopConvention
+
 if TYPE_CHECKING:
     from parcae_scaling.model.config import ModelConfig
 
-FlopConvention = Literal["reference", "exact"]
 OptimizerName = Literal["adamw", "muon"]
 ScheduleName = Literal["wsd", "cosine", "constant"]
 DataSource = Literal["embedded", "bin", "parquet"]
@@ -34,6 +35,7 @@ Device = Literal["auto", "cpu", "cuda"]
 DepthSampling = Literal["per_rank", "shared"]
 Sharding = Literal["ddp", "zero"]
 DistBackend = Literal["auto", "gloo", "nccl"]
+TokenizerKind = Literal["byte", "bpe"]
 RUN_SPEC_VERSION = 1
 # Fields that do not change what is trained (excluded from run_id). The process layout is
 # placement too: the run_id hashes the global batch, so a run resumes under any world size.
@@ -162,7 +164,7 @@ class DataSpec:
     """
 
     source: DataSource = "embedded"
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    tokenizer: TokenizerKind = "byte"
     bpe_vocab_size: int = 4096
     tokenizer_path: str | None = None
     train_paths: tuple[str, ...] = ()
@@ -185,7 +187,7 @@ class DataSpec:
                     raise _bad(c, name, f"{p!r} is not a path", "write each path or glob as text, e.g. data/train_*.bin")
             object.__setattr__(self, name, tuple(str(p) for p in paths))
         _check_choice(c, "source", self.source, DataSource)
-        _check_choice(c, "tokenizer", self.tokenizer, Literal["byte", "bpe"])
+        _check_choice(c, "tokenizer", self.tokenizer, TokenizerKind)
         _check_choice(c, "token_dtype", self.token_dtype, Literal["uint16", "uint32"])
         if self.source == "embedded":
             if self.train_paths or self.val_paths:
@@ -231,9 +233,10 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     seed: int = 0
     metrics_every_steps: int = 10
-    checkpoint_every_steps: int = 0  # 0: only at the end
+    # Periodic checkpoints make preemption, timeouts and lost nodes cheap to resume (0: only at the end).
+    checkpoint_every_steps: int = 50
     eval_recurrences: tuple[int, ...] | None = None  # None: 1 ... max(2 mu_rec, 4)
-    eval_tokens: int = 131_072  # validation tokens per recurrence (capped by the split)
+    eval_tokens: int = 16_384  # validation tokens per recurrence (capped by the split)
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
     device: Device = "auto"

@@ -1,7 +1,7 @@
 """Typed fit results that carry their diagnosis, with JSON round-trips.
 
-`FitResult.record()` is the flat dict the store's fits table persists (scalars plus JSON text);
-`to_json()` / `from_json()` round-trip the whole result.
+`to_json()` / `from_json()` round-trip the whole result; the store keeps that JSON
+(`Store.save_fit`, written by `parcae-fit` for fits read from a store).
 """
 
 from __future__ import annotations
@@ -122,27 +122,6 @@ class FitResult:
     @classmethod
     def from_json(cls, text: str) -> "FitResult":
         return cls.from_dict(json.loads(text))
-
-    def record(self) -> dict[str, Any]:
-        """Flat row for the store's fits table (nested parts as JSON text)."""
-        return {
-            "law": self.law,
-            "formula": self.formula,
-            "objective": self.objective,
-            "loss": self.loss,
-            "delta": self.delta,
-            "n_starts": self.n_starts,
-            "n_starts_agree": self.n_starts_agree,
-            "n_points": self.n_points,
-            "n_runs": self.n_runs,
-            "success": self.success,
-            "convention": self.convention,
-            "flop_convention": self.flop_convention,
-            "params_json": json.dumps(dict(self.params)),
-            "intervals_json": json.dumps({k: asdict(v) for k, v in self.intervals.items()}),
-            "warnings_json": json.dumps(list(self.warnings)),
-            "result_json": self.to_json(indent=None),
-        }
 
     def summary(self) -> str:
         lines = [f"{self.law}: {self.formula}",

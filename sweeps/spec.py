@@ -45,7 +45,11 @@ from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
-from parcae_scaling.model.run_spec import MAX_SEED, DataSpec, FieldError, OptimizerSpec, ScheduleSpec
+from parcae_scaling.model.flops import FlopConvention
+from parcae_scaling.model.run_spec import (
+    MAX_SEED, DataSpec, DepthSampling, Device, FieldError, OptimizerSpec, Precision, RunSpec, ScheduleSpec,
+    Sharding,
+)
 
 AXES = ("models", "budgets_flops", "tokens", "mu_rec", "seeds")
 MuBwdRule = Literal["half", "full"]
@@ -85,25 +89,34 @@ def _check_fields(owner: str, obj: Any) -> None:
             raise FieldError(owner, f.name, f"{value!r} is not true or false", "write true or false")
 
 
+def _run_default(name: str) -> Any:
+    """RunSpec's default for a recipe field: each default is defined once, in model/run_spec.py,
+    so a sweep and `train-one` train alike unless told otherwise."""
+    f = {f.name: f for f in dataclasses.fields(RunSpec)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory)
+    return field(default=f.default)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecipeSpec:
-    """How each run trains (everything in a RunSpec that is not model, budget, seed or data)."""
+    """How each run trains (everything in a RunSpec that is not model, budget, seed or data);
+    every field is RunSpec's, with RunSpec's default."""
 
-    batch_size: int = 16  # sequences per micro-batch (per process)
-    grad_accum_steps: int = 1  # micro-batches per optimizer step, over all processes of a run
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
-    eval_recurrences: tuple[int, ...] | None = None
-    eval_tokens: int = 16_384
-    metrics_every_steps: int = 10
-    # Periodic checkpoints make preemption, timeouts and lost nodes cheap to resume.
-    checkpoint_every_steps: int = 50
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False  # torch.compile each block (inductor; CPU too): faster steps after a warm-up
+    batch_size: int = _run_default("batch_size")  # sequences per micro-batch (per process)
+    grad_accum_steps: int = _run_default("grad_accum_steps")  # micro-batches per step, over all processes
+    optimizer: OptimizerSpec = _run_default("optimizer")
+    schedule: ScheduleSpec = _run_default("schedule")
+    eval_recurrences: tuple[int, ...] | None = _run_default("eval_recurrences")
+    eval_tokens: int = _run_default("eval_tokens")
+    metrics_every_steps: int = _run_default("metrics_every_steps")
+    checkpoint_every_steps: int = _run_default("checkpoint_every_steps")
+    precision: Precision = _run_default("precision")
+    device: Device = _run_default("device")
+    compile: bool = _run_default("compile")  # torch.compile each block (inductor; CPU too)
     # Data-parallel depth draws: per_rank (each micro-batch its own, any world size trains the same
     # run) or shared (all ranks the same depths per micro-step: no straggler at the all-reduce).
-    depth_sampling: Literal["per_rank", "shared"] = "per_rank"
+    depth_sampling: DepthSampling = _run_default("depth_sampling")
 
     def __post_init__(self) -> None:
         c = "RecipeSpec"
@@ -141,7 +154,7 @@ class ResourceSpec:
     retries: int = 2  # Ray: retries of crashed workers
     nproc_per_node: int = 1  # data-parallel processes per node (one GPU each when gpus_per_run is 1)
     nodes: int = 1
-    sharding: Literal["ddp", "zero"] = "ddp"  # zero: optimizer state sharded over the processes (ZeRO-1)
+    sharding: Sharding = "ddp"  # zero: optimizer state sharded over the processes (ZeRO-1)
 
     def __post_init__(self) -> None:
         from parcae_scaling.sweeps.cost import PEAK_FLOPS
@@ -187,7 +200,7 @@ class SweepSpec:
     tokens: tuple[int, ...] = ()
     mu_rec: tuple[int, ...] = (1,)
     mu_bwd: MuBwdRule | int = "half"
-    flop_convention: Literal["reference", "exact"] = "reference"
+    flop_convention: FlopConvention = "reference"
     zip: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     recipe: RecipeSpec = field(default_factory=RecipeSpec)
@@ -293,7 +306,7 @@ def _validate_sweep(s: SweepSpec) -> None:
     if _is_int(s.mu_bwd) and any(c.is_looped for c in configs) and s.mu_bwd > min(s.mu_rec):
         raise SpecError(src, "mu_bwd", f"{s.mu_bwd} exceeds mu_rec = {min(s.mu_rec)} (backprop cannot cover more "
                         "steps than the mean depth)", f"use an integer <= {min(s.mu_rec)}, or half / full")
-    if s.flop_convention not in ("reference", "exact"):
+    if s.flop_convention not in get_args(FlopConvention):
         raise SpecError(src, "flop_convention", f"unknown convention {s.flop_convention!r}", "use reference or exact")
     _check_axis(src, "seeds", s.seeds, integer=True, minimum=0, strict=False, maximum=MAX_SEED)
     if not s.seeds:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
-TokenizerKind = Literal["byte", "bpe"]
-TOKENIZER_KINDS: tuple[str, ...] = ("byte", "bpe")
+from parcae_scaling.model.run_spec import TokenizerKind
+
+TOKENIZER_KINDS: tuple[str, ...] = get_args(TokenizerKind)
 # Document separator for BPE: a special token that never occurs in text.
 BPE_EOS = "<|endoftext|>"
 
