@@ -177,7 +177,8 @@ def _open_store(url: str, *, write: bool, create: bool = False):  # noqa: ANN202
 
 @sweep_app.command("plan")
 def plan_command(spec: str = _SPEC,
-                 budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours."),
+                 budget_hours: float = typer.Option(None, "--budget-hours",
+                                                    help="Refuse plans over this many device-hours."),
                  all_rows: bool = typer.Option(False, "--all", help="Print every run (default: the first and last "
                                                "runs of a large plan, and the totals).")) -> None:
     """Validate a sweep spec and print its runs, costs and flagged problems (writes nothing)."""
@@ -200,11 +201,15 @@ def _interrupted(sweep: str, store: str) -> NoReturn:
 
 
 @sweep_app.command("launch")
-def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--default", help="Launch the built-in default sweep."),
+def launch_command(spec: str = _SPEC,
+                   default: bool = typer.Option(False, "--default", help="Launch the built-in default sweep."),
                    store: str = _STORE_URL, backend: str = _BACKEND, detach: bool = _DETACH,
-                   allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec for a recorded sweep."),
-                   budget_hours: float = typer.Option(None, "--budget-hours", help="Refuse plans over this many device-hours."),
-                   max_concurrent: int = typer.Option(None, "--max-concurrent", min=1, help="Override resources.max_concurrent."),
+                   allow_drift: bool = typer.Option(False, "--allow-drift",
+                                                    help="Accept a changed spec for a recorded sweep."),
+                   budget_hours: float = typer.Option(None, "--budget-hours",
+                                                      help="Refuse plans over this many device-hours."),
+                   max_concurrent: int = typer.Option(None, "--max-concurrent", min=1,
+                                                      help="Override resources.max_concurrent."),
                    partition: str = typer.Option(None, "--partition", help="SLURM partition (submitit)."),
                    address: str = typer.Option(None, "--address", help="Ray cluster address (default: start one)."),
                    heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
@@ -216,7 +221,8 @@ def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--def
     p = plan(load_spec("default" if default or not spec else spec))
     if budget_hours is not None:
         p.check_budget(budget_hours)
-    res = p.spec.resources if max_concurrent is None else dataclasses.replace(p.spec.resources, max_concurrent=max_concurrent)
+    res = p.spec.resources if max_concurrent is None else dataclasses.replace(p.spec.resources,
+                                                                              max_concurrent=max_concurrent)
     with _open_store(store, write=True, create=True) as st:
         try:
             rep = launch(p, st, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
@@ -227,7 +233,8 @@ def launch_command(spec: str = _SPEC, default: bool = typer.Option(False, "--def
                f"{len(rep.dispatched)} dispatched on {backend}" + (" (detached)" if detach else ""))
     typer.echo("states: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.final.items())))
     if rep.unfinished:  # only what this call dispatched: another launch's runs are not our failure
-        typer.echo(f"{len(rep.unfinished)} dispatched run(s) did not succeed; see `parcae-sweep status {rep.sweep}`", err=True)
+        typer.echo(f"{len(rep.unfinished)} dispatched run(s) did not succeed; "
+                   f"see `parcae-sweep status {rep.sweep}`", err=True)
         raise typer.Exit(code=1)
 
 
@@ -263,7 +270,8 @@ def status_command(sweep: str = typer.Argument(None, help="Sweep name (default: 
 @sweep_app.command("resume")
 def resume_command(sweep: str = typer.Argument("default", help="Sweep name in the store."), store: str = _STORE_URL,
                    backend: str = _BACKEND, detach: bool = _DETACH,
-                   include_failed: bool = typer.Option(False, "--include-failed", help="Also retry oom/error/cancelled runs."),
+                   include_failed: bool = typer.Option(False, "--include-failed",
+                                                       help="Also retry oom/error/cancelled runs."),
                    spec: str = typer.Option(None, "--spec", help="Check (and with --allow-drift, apply) this spec."),
                    allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec."),
                    partition: str = typer.Option(None, "--partition"), address: str = typer.Option(None, "--address"),
@@ -320,7 +328,8 @@ _PCOL = _Ann[str, typer.Option("--params-column", help="column holding N(mu) for
 @fit_app.command("isoflop")
 def fit_isoflop_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
                         model: _MODEL = None, bootstrap: _BOOT = 200,
-                        x: _Ann[str, typer.Option(help="parabola variable: mu_rec, tokens or params")] = "mu_rec") -> None:
+                        x: _Ann[str, typer.Option(help="parabola variable: "
+                                                  "mu_rec, tokens or params")] = "mu_rec") -> None:
     """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
     from parcae_scaling.scaling.report.cli_support import looped_runs, read_input
     from parcae_scaling.scaling.report.analyses import run_isoflop
@@ -375,14 +384,18 @@ def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP =
 
 @fit_app.command("report")
 def fit_report_command(csv: _CSV = None, store: _STORE = None,
-                       sweep: _Ann[_Opt[str], typer.Option("--sweep", help="sweep name(s) in the store, comma-separated "
-                                                           "(several: each is fitted, stability is compared across them)")] = None,
+                       sweep: _Ann[_Opt[str], typer.Option("--sweep",
+                                                           help="sweep name(s) in the store, comma-separated "
+                                                                "(several: each is fitted, stability is compared "
+                                                                "across them)")] = None,
                        out: _OUT = _Path("fits"), model: _MODEL = None, bootstrap: _BOOT = 200,
                        test_time_csv: _Ann[_Opt[_Path], typer.Option("--test-time-csv", help="test-time CSV")] = None,
                        eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
                        params_column: _PCOL = "params_effective",
-                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; default OUT/report.html)")] = None,
-                       fits: _Ann[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, stability only)")] = True) -> None:
+                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; "
+                                                                               "default OUT/report.html)")] = None,
+                       fits: _Ann[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, "
+                                                                              "stability only)")] = True) -> None:
     """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
     From a store also the plan, run statuses and training stability, in one self-contained HTML."""
     if store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
@@ -397,7 +410,8 @@ def fit_report_command(csv: _CSV = None, store: _STORE = None,
     if csv is not None or not sweep:
         raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
     rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
-                       n_bootstrap=bootstrap, effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
+                       n_bootstrap=bootstrap,
+                       effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
     for s in rep.sections:
         typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
         if s.summary:

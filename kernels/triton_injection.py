@@ -84,7 +84,8 @@ class _InjectionElementwise(torch.autograd.Function):
         n_rows = h_2d.shape[0]
         block_r, block_d = blocks
         # Same dtype as the reference expression (fp32 params promote a bf16 h).
-        out_dtype = torch.promote_types(torch.promote_types(h.dtype, u.dtype), torch.promote_types(log_a.dtype, dt_bias.dtype))
+        out_dtype = torch.promote_types(torch.promote_types(h.dtype, u.dtype),
+                                        torch.promote_types(log_a.dtype, dt_bias.dtype))
         out = torch.empty(n_rows, dim, dtype=out_dtype, device=h.device)
         grid = (triton.cdiv(n_rows, block_r), triton.cdiv(dim, block_d))
         _forward_kernel[grid](h_2d, u_2d, log_a.contiguous(), dt_bias.contiguous(), out, n_rows, dim,

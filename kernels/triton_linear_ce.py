@@ -111,7 +111,8 @@ def _grad_h_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_h_ptr, n_tokens
         for d0 in range(0, dim, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             d_mask = ds < dim
-            w_tile = tl.load(w_ptr + cols[:, None] * dim + ds[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+            w_tile = tl.load(w_ptr + cols[:, None] * dim + ds[None, :],
+                             mask=col_mask[:, None] & d_mask[None, :], other=0.0)
             if UPCAST:
                 w_tile = w_tile.to(tl.float32)
             out_ptrs = grad_h_ptr + rows[:, None] * dim + ds[None, :]
@@ -142,7 +143,8 @@ def _grad_w_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, scale_ptr, grad_w_ptr, n_tokens
         for d0 in range(0, dim, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             d_mask = ds < dim
-            h_tile = tl.load(h_ptr + rows[:, None] * dim + ds[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+            h_tile = tl.load(h_ptr + rows[:, None] * dim + ds[None, :],
+                             mask=row_mask[:, None] & d_mask[None, :], other=0.0)
             if UPCAST:
                 h_tile = h_tile.to(tl.float32)
             out_ptrs = grad_w_ptr + cols[:, None] * dim + ds[None, :]

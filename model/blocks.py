@@ -65,7 +65,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(config.d_model, config.kv_dim, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.ve_gate_channels = config.ve_gate_channels
-        self.ve_gate = nn.Linear(config.ve_gate_channels, config.n_kv_heads, bias=False) if has_value_embedding else None
+        self.ve_gate = (nn.Linear(config.ve_gate_channels, config.n_kv_heads, bias=False) if has_value_embedding
+                        else None)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, ve: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -202,7 +203,8 @@ class ParamGroups:
     no_decay: list[nn.Parameter] = field(default_factory=list)
 
 
-def split_param_groups(model: nn.Module, embedding_names: tuple[str, ...], no_decay_names: tuple[str, ...]) -> ParamGroups:
+def split_param_groups(model: nn.Module, embedding_names: tuple[str, ...],
+                       no_decay_names: tuple[str, ...]) -> ParamGroups:
     """Group parameters by name prefix; every parameter lands in exactly one group."""
     groups = ParamGroups()
     for name, param in model.named_parameters():

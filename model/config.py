@@ -127,7 +127,8 @@ def _validate(c: ModelConfig) -> None:
         raise bad("n_kv_heads", f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}",
                   "choose n_kv_heads dividing n_heads")
     if c.head_dim % 2:
-        raise bad("n_heads", f"head dimension {c.head_dim} is odd and RoPE needs pairs", "use an even d_model / n_heads")
+        raise bad("n_heads", f"head dimension {c.head_dim} is odd and RoPE needs pairs",
+                  "use an even d_model / n_heads")
     for field in ("mu_rec", "mu_bwd"):
         value = getattr(c, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

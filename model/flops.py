@@ -125,7 +125,8 @@ def config_summary(config: ModelConfig, convention: FlopConvention = "reference"
     breakdown = parameter_breakdown(config)
     return {
         "name": config.name, "family": config.family,
-        "layers": f"{config.n_prelude}/{config.n_recurrent}/{config.n_coda}" if config.is_looped else str(config.n_layers),
+        "layers": (f"{config.n_prelude}/{config.n_recurrent}/{config.n_coda}" if config.is_looped
+                   else str(config.n_layers)),
         "d_model": config.d_model, "params": breakdown.total, "non_embedding": breakdown.non_embedding,
         "value_embedding": breakdown.value_embedding, "core": breakdown.core, "non_core": breakdown.non_core,
         "mu_rec": config.mu_rec, "mu_bwd": config.mu_bwd, "seq_len": config.seq_len,

@@ -184,14 +184,16 @@ class DataSpec:
                 raise _bad(c, name, f"must be a path or a list of paths, got {paths!r}", "write e.g. [data/train.bin]")
             for p in paths:
                 if not isinstance(p, (str, Path)):
-                    raise _bad(c, name, f"{p!r} is not a path", "write each path or glob as text, e.g. data/train_*.bin")
+                    raise _bad(c, name, f"{p!r} is not a path",
+                               "write each path or glob as text, e.g. data/train_*.bin")
             object.__setattr__(self, name, tuple(str(p) for p in paths))
         _check_choice(c, "source", self.source, DataSource)
         _check_choice(c, "tokenizer", self.tokenizer, TokenizerKind)
         _check_choice(c, "token_dtype", self.token_dtype, Literal["uint16", "uint32"])
         if self.source == "embedded":
             if self.train_paths or self.val_paths:
-                raise _bad(c, "train_paths", "the embedded corpus takes no paths", "drop them or use source 'bin'/'parquet'")
+                raise _bad(c, "train_paths", "the embedded corpus takes no paths",
+                           "drop them or use source 'bin'/'parquet'")
         elif not self.train_paths or not self.val_paths:
             raise _bad(c, "train_paths" if not self.train_paths else "val_paths",
                        f"source {self.source!r} needs train and validation files", "give paths or globs for both")
@@ -199,7 +201,8 @@ class DataSpec:
             raise _bad(c, "tokenizer_path", "a BPE tokenizer for parquet text needs its tokenizer.json",
                        "set tokenizer_path or use tokenizer 'byte'")
         _check_positive_int(c, "bpe_vocab_size", self.bpe_vocab_size, minimum=257)
-        _check_real(c, "val_percent", self.val_percent, low=0.0, high=50.0, low_open=True, high_open=True, fix="use e.g. 5")
+        _check_real(c, "val_percent", self.val_percent, low=0.0, high=50.0, low_open=True, high_open=True,
+                    fix="use e.g. 5")
         for name in ("tokenizer_path", "cache_dir"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise _bad(c, name, f"must be a path, got {getattr(self, name)!r}", "write a path as text")
@@ -382,7 +385,8 @@ class RunSpec:
         if unknown:
             raise ValueError(f"RunSpec: unknown field(s) {unknown}; known fields: {sorted(known)}")
         missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                         if f.name not in d and f.default is dataclasses.MISSING
+                            and f.default_factory is dataclasses.MISSING)
         if missing:
             raise _bad("RunSpec", missing[0], "is missing", f"give every required field: {', '.join(missing)}")
         d["model"] = _from_mapping("model", d["model"], ModelConfig)
@@ -406,7 +410,8 @@ class RunSpec:
             raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                              "give a RunSpec JSON file (RunSpec.to_json)") from None
         except OSError as exc:
-            raise ValueError(f"{where}: cannot read it ({exc.strerror or exc}); give a readable RunSpec JSON file") from None
+            raise ValueError(f"{where}: cannot read it ({exc.strerror or exc}); "
+                             "give a readable RunSpec JSON file") from None
         try:
             return cls.from_json(text)
         except json.JSONDecodeError as exc:
@@ -474,7 +479,8 @@ def plan_tokens(run: RunSpec) -> TokenPlan:
         requested = int(tokens_for_budget(run.budget_flops, fpt))
     steps = requested // run.tokens_per_step
     if steps < 1:
-        what = f"budget_flops={run.budget_flops:g} buys {requested} tokens" if run.tokens is None else f"tokens={requested}"
+        what = (f"budget_flops={run.budget_flops:g} buys {requested} tokens" if run.tokens is None
+                else f"tokens={requested}")
         raise _bad("RunSpec", "budget_flops" if run.tokens is None else "tokens",
                    f"{what}, less than one optimizer step of {run.tokens_per_step} tokens "
                    f"({run.batch_size} x {run.grad_accum_steps} x {run.world_size} processes x {run.seq_len})",

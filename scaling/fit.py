@@ -177,7 +177,8 @@ def fit_law(
     if n_agree < max(2, 0.01 * len(x0)) and len(x0) > 1:
         warnings.append(f"only {n_agree} of {len(x0)} starts reach the best objective; "
                         "the optimum may not be global (widen the start grid)")
-    on_bound = [p for p, v, lo, hi in zip(law.fit_names, theta_p, lower, upper) if np.isclose(v, lo) or np.isclose(v, hi)]
+    on_bound = [p for p, v, lo, hi in zip(law.fit_names, theta_p, lower, upper)
+                if np.isclose(v, lo) or np.isclose(v, hi)]
     if on_bound:
         warnings.append(f"parameters at a bound: {on_bound}")
 

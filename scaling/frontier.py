@@ -80,11 +80,11 @@ class FrontierResult:
     def budget_for_loss(self, loss: float, *, baseline: bool = False) -> float:
         """Lowest budget on the frontier that reaches `loss` (log-linear interpolation)."""
         c = np.log([p.budget_flops for p in self.points])
-        l = np.array([p.baseline_loss if baseline else p.loss_star for p in self.points])
-        order = np.argsort(l)
-        if not l.min() <= loss <= l.max():
-            raise ValueError(f"loss {loss} is outside the frontier's range [{l.min():.4g}, {l.max():.4g}]")
-        return float(np.exp(np.interp(loss, l[order], c[order])))
+        losses = np.array([p.baseline_loss if baseline else p.loss_star for p in self.points])
+        order = np.argsort(losses)
+        if not losses.min() <= loss <= losses.max():
+            raise ValueError(f"loss {loss} is outside the frontier's range [{losses.min():.4g}, {losses.max():.4g}]")
+        return float(np.exp(np.interp(loss, losses[order], c[order])))
 
 
 def frontier(

@@ -107,7 +107,8 @@ def _quadratic_bootstrap(u: np.ndarray, y: np.ndarray, n_resamples: int, rng: np
     return u_star, loss_star
 
 
-def fit_budget(group: pd.DataFrame, x: str, *, n_bootstrap: int, level: float, rng: np.random.Generator) -> BudgetOptimum:
+def fit_budget(group: pd.DataFrame, x: str, *,
+               n_bootstrap: int, level: float, rng: np.random.Generator) -> BudgetOptimum:
     u = np.log(group[x].to_numpy(float))
     y = group["loss"].to_numpy(float)
     budget = float(group["budget_flops"].iloc[0])

@@ -33,7 +33,8 @@ class ConfidenceInterval:
         return self.low <= value <= self.high
 
 
-def percentile_interval(samples: np.ndarray, level: float, *, method: str = "percentile bootstrap") -> ConfidenceInterval:
+def percentile_interval(samples: np.ndarray, level: float, *,
+                        method: str = "percentile bootstrap") -> ConfidenceInterval:
     samples = np.asarray(samples, dtype=float)
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:

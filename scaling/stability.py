@@ -35,7 +35,8 @@ class SpikeRule:
 
     def __post_init__(self) -> None:
         if not self.spike_ratio > 1:
-            raise ValueError(f"SpikeRule.spike_ratio={self.spike_ratio} must be > 1, e.g. 1.5 (50% above the recent median)")
+            raise ValueError(f"SpikeRule.spike_ratio={self.spike_ratio} must be > 1, "
+                             "e.g. 1.5 (50% above the recent median)")
         if self.window < 1:
             raise ValueError(f"SpikeRule.window={self.window} must be >= 1 logged points")
         if self.warmup_points < 0:

@@ -51,7 +51,8 @@ class TestTimeResult:
     def summary(self) -> str:
         lines = [f"test-time: {len(self.curves)} curves; mean Huber (delta={self.delta:g}) by form:"]
         for form, v in sorted(self.mean_huber_by_form.items(), key=lambda kv: kv[1]):
-            lines.append(f"  {form:>17}: fit {v:.3e}   extrapolation {self.heldout_by_form.get(form, float('nan')):.3e}")
+            lines.append(f"  {form:>17}: fit {v:.3e}   "
+                         f"extrapolation {self.heldout_by_form.get(form, float('nan')):.3e}")
         gaps = [c.l_inf_gap for c in self.curves if np.isfinite(c.l_inf_gap)]
         if gaps:
             lines.append(f"  L_inf vs L(T=mu_rec): median gap {100 * np.median(gaps):.3f}%")

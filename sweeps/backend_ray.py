@@ -30,7 +30,8 @@ def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float
     task = ray.get_runtime_context().get_task_id()
     run = RunSpec.from_dict(spec)
     train = None if run.world_size == 1 else ray_trainer(
-        store_url, threads=torch_threads, heartbeat_s=heartbeat_s, use_gpu=gpus_per_run > 0, cpus_per_worker=cpus_per_run,
+        store_url, threads=torch_threads, heartbeat_s=heartbeat_s, use_gpu=gpus_per_run > 0,
+        cpus_per_worker=cpus_per_run,
         attempt=attempt)
     try:
         status = execute_run(run, store_url, job_id=f"ray:{task}", torch_threads=torch_threads,

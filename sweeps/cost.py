@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from parcae_scaling.model.mfu import GPU_PEAK_BF16_FLOPS
 
-PEAK_FLOPS: dict[str, float] = {"cpu": 5e10, **{name.lower().replace(" ", "-"): peak for name, peak in GPU_PEAK_BF16_FLOPS}}
+PEAK_FLOPS: dict[str, float] = {"cpu": 5e10,
+                                **{name.lower().replace(" ", "-"): peak for name, peak in GPU_PEAK_BF16_FLOPS}}
 
 
 def device_hours(planned_flops: float, *, device: str, mfu: float) -> float:

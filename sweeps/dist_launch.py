@@ -55,7 +55,8 @@ def _dies_with_this_process(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _PARENT_DEATH_GUARD, str(os.getpid()), *cmd]
 
 
-def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY,
+                args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """Start `run` on run.nproc_per_node local processes (nodes must be 1) in a session of their own
     (kill the group to stop them all); returns torchrun's process. `entry`/`args`: the per-rank
     module and its extra arguments (default: this module, rank 0 writing the run directory)."""
@@ -162,7 +163,8 @@ def ray_train_run(run: RunSpec, *, use_gpu: bool = False, cpus_per_worker: float
         scaling_config=ScalingConfig(num_workers=run.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"parcae-{run.run_id}", storage_path=storage_path or str(Path(run.output_dir).resolve())),
+        run_config=RunConfig(name=f"parcae-{run.run_id}",
+                             storage_path=storage_path or str(Path(run.output_dir).resolve())),
     )
     result = trainer.fit()
     if result.error is not None:

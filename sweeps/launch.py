@@ -157,7 +157,8 @@ def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_
         attempts = {h.run_id: int(runs[h.run_id]) for h in handles if h.run_id in runs.index}
     # the backend is done with them but they never reported an end
     settle_claimed(store, attempts, live=[RunStatus.PENDING, RunStatus.RUNNING], status=RunStatus.FAILED,
-                   failure_kind="node_lost", message="the backend reports the job ended but the run never reported an end")
+                   failure_kind="node_lost",
+                   message="the backend reports the job ended but the run never reported an end")
 
 
 def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach: bool = False,

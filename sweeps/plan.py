@@ -207,7 +207,8 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
         problems.append("under 1 token per non-embedding parameter")
     return PlannedRun(
         run=run, run_id=run_id, model_size=run.model.name, family=run.model.family, params_total=total,
-        params_non_embedding=non_emb, params_core=core, budget_flops=run.budget_flops, flops_per_token=tp.flops_per_token,
+        params_non_embedding=non_emb, params_core=core, budget_flops=run.budget_flops,
+        flops_per_token=tp.flops_per_token,
         tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops, processes=run.world_size, nodes=run.nodes,
         wall_hours=wall_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu,
                               devices=run.world_size),

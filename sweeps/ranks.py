@@ -192,7 +192,8 @@ def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: 
     try:
         fence = ("--attempt", str(attempt)) if attempt is not None else ()
         proc = start_local(run, threads=threads, entry=_ENTRY,
-                           args=("--store", store_url, "--reports", str(reports), "--heartbeat", str(heartbeat_s), *fence))
+                           args=("--store", store_url, "--reports", str(reports),
+                                 "--heartbeat", str(heartbeat_s), *fence))
         try:
             code = proc.wait()
         except BaseException:

@@ -84,7 +84,8 @@ def _check_fields(owner: str, obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value, hint = getattr(obj, f.name), hints[f.name]
         if get_origin(hint) is Literal and value not in get_args(hint):
-            raise FieldError(owner, f.name, f"unknown value {value!r}", f"use one of {', '.join(map(str, get_args(hint)))}")
+            raise FieldError(owner, f.name, f"unknown value {value!r}",
+                             f"use one of {', '.join(map(str, get_args(hint)))}")
         if hint is bool and not isinstance(value, bool):
             raise FieldError(owner, f.name, f"{value!r} is not true or false", "write true or false")
 
@@ -172,7 +173,8 @@ class ResourceSpec:
         if self.device not in PEAK_FLOPS:
             raise FieldError(c, "device", f"unknown device {self.device!r}", f"use one of {', '.join(PEAK_FLOPS)}")
         if self.partition is not None and not isinstance(self.partition, str):
-            raise FieldError(c, "partition", f"{self.partition!r} is not a partition name", "write the SLURM partition as text")
+            raise FieldError(c, "partition", f"{self.partition!r} is not a partition name",
+                             "write the SLURM partition as text")
         _check_fields(c, self)
         if self.world_size == 1 and self.sharding != "ddp":
             raise FieldError(c, "sharding", f"{self.sharding!r} shards over data-parallel processes but a run has 1",
@@ -302,7 +304,8 @@ def _validate_sweep(s: SweepSpec) -> None:
     if not s.mu_rec:
         raise SpecError(src, "mu_rec", "is empty", "list at least one value, e.g. [1, 2, 4]")
     if not (s.mu_bwd in get_args(MuBwdRule) or (_is_int(s.mu_bwd) and s.mu_bwd >= 1)):
-        raise SpecError(src, "mu_bwd", f"unknown rule {s.mu_bwd!r}", "use half (ceil(mu_rec/2)), full, or an integer >= 1")
+        raise SpecError(src, "mu_bwd", f"unknown rule {s.mu_bwd!r}",
+                        "use half (ceil(mu_rec/2)), full, or an integer >= 1")
     if _is_int(s.mu_bwd) and any(c.is_looped for c in configs) and s.mu_bwd > min(s.mu_rec):
         raise SpecError(src, "mu_bwd", f"{s.mu_bwd} exceeds mu_rec = {min(s.mu_rec)} (backprop cannot cover more "
                         "steps than the mean depth)", f"use an integer <= {min(s.mu_rec)}, or half / full")

@@ -87,10 +87,12 @@ def _announce_resume(run: RunSpec) -> None:
         import torch
 
         try:
-            step = torch.load(Path(run.output_dir) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")["schedule"]["step"]
+            step = torch.load(Path(run.output_dir) / CHECKPOINT_FILE,
+                              weights_only=True, map_location="cpu")["schedule"]["step"]
         except Exception as exc:  # train_run reports an unreadable checkpoint properly; this is only a log line
             step = f"? ({type(exc).__name__})"
-        print(f"parcae worker: run {run.run_id} resumes from its checkpoint at step {step}", file=sys.stderr, flush=True)
+        print(f"parcae worker: run {run.run_id} resumes from its checkpoint at step {step}",
+              file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,8 @@ def optima_figure(result: IsoFlopResult, out_dir: str | Path) -> list[Path]:
             else:
                 ax.plot(c, y, "o", color="C0", zorder=3)
             ci = pl.gamma_interval
-            lab = rf"$\propto C^{{{pl.gamma:.2f}\pm{pl.gamma_se:.2f}}}$" if np.isfinite(pl.gamma_se) else rf"$\propto C^{{{pl.gamma:.2f}}}$"
+            lab = (rf"$\propto C^{{{pl.gamma:.2f}\pm{pl.gamma_se:.2f}}}$" if np.isfinite(pl.gamma_se)
+                   else rf"$\propto C^{{{pl.gamma:.2f}}}$")
             if ci:
                 lab += f"\n95%: [{ci.low:.2f}, {ci.high:.2f}]"
             ax.plot(c_line, pl.predict(c_line), "--", color="C1", label=lab)
@@ -83,7 +84,8 @@ def frontier_figure(front: FrontierResult, out_dir: str | Path) -> list[Path]:
         fig, axes = new_figure(n_cols=2, height_in=2.3, width_in=6.0)
         ax, ax2 = axes[0]
         for key, ci_key, label, color in (("loss_star", "loss_star_interval", r"looped, optimal $\mu_{rec}$", "C0"),
-                                          ("baseline_loss", "baseline_loss_interval", r"fixed depth ($\mu_{rec}=1$)", "C3")):
+                                          ("baseline_loss", "baseline_loss_interval",
+                                           r"fixed depth ($\mu_{rec}=1$)", "C3")):
             y = np.array([getattr(p, key) for p in pts])
             ax.plot(c, y, color=color, label=label)
             if all(getattr(p, ci_key) for p in pts):
@@ -125,7 +127,8 @@ def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "t
         return save(fig, out_dir, "test_time")
 
 
-def residuals_figure(fit: FitResult, law: Law, df: pd.DataFrame, out_dir: str | Path, *, color_by: str = "mu_rec") -> list[Path]:
+def residuals_figure(fit: FitResult, law: Law, df: pd.DataFrame, out_dir: str | Path, *,
+                     color_by: str = "mu_rec") -> list[Path]:
     """Relative residuals of a parametric fit versus prediction, coloured by a column."""
     pred = law.predict(fit.params, df)
     rel = 100 * (df["loss"].to_numpy(float) - pred) / pred

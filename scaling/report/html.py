@@ -14,7 +14,8 @@ import pandas as pd
 from parcae_scaling.scaling.report.sweep_report import Section, SweepReport
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;\
+max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 h3{font-size:1em;color:#444}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em}
@@ -25,7 +26,8 @@ td.text{text-align:left}
 .error{background:#fdecea;border-left:4px solid #d9534f;padding:.4em .8em;font-size:.85em}
 .status-succeeded{color:#2e7d32}.status-failed,.verdict-diverged{color:#c62828;font-weight:bold}
 .verdict-spiked,.verdict-unstable{color:#e65100;font-weight:bold}.verdict-marginal{color:#8d6e00}.verdict-stable{color:#2e7d32}
-figure{margin:1em 0}figure img{max-width:100%;max-height:460px;border:1px solid #eee}figcaption{font-size:.75em;color:#666}
+figure{margin:1em 0}figure img{max-width:100%;max-height:460px;border:1px solid #eee}\
+figcaption{font-size:.75em;color:#666}
 nav ul{font-size:.85em;columns:2}
 """
 

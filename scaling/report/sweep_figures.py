@@ -26,7 +26,8 @@ def measured_frontier(df: pd.DataFrame) -> pd.DataFrame:
         base = tf[tf["budget_flops"] == budget]
         base_loss = float(base["loss"].min()) if len(base) else float(g.loc[g["mu_rec"] == 1, "loss"].min()) \
             if (g["mu_rec"] == 1).any() else float("nan")
-        rows.append({"budget_flops": float(budget), "best_mu_rec": int(best["mu_rec"]), "best_loss": float(best["loss"]),
+        rows.append({"budget_flops": float(budget), "best_mu_rec": int(best["mu_rec"]),
+                     "best_loss": float(best["loss"]),
                      "fixed_depth_loss": base_loss,
                      "fixed_depth": "transformer" if len(base) else "mu_rec=1"})
     return pd.DataFrame(rows, columns=["budget_flops", "best_mu_rec", "best_loss", "fixed_depth_loss", "fixed_depth"])

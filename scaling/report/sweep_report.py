@@ -109,13 +109,15 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
         def iso() -> Section:
             res = run_isoflop(df, out, n_bootstrap=n_bootstrap, source=source)
             return Section(title=f"isoFLOP: {tag}", summary=res.summary(), warnings=res.warnings,
-                           tables=(("optima", _optima_table(res)),), figures=_pngs(out, "isoflop_curves", "isoflop_optima"))
+                           tables=(("optima", _optima_table(res)),),
+                           figures=_pngs(out, "isoflop_curves", "isoflop_optima"))
         sections.append(_attempt(f"isoFLOP: {tag}", iso))
 
         fit_box: dict = {}
 
         def parametric() -> Section:
-            fit, extra = run_parametric(df, out, n_bootstrap=n_bootstrap, source=source, effective_params=effective_params)
+            fit, extra = run_parametric(df, out, n_bootstrap=n_bootstrap, source=source,
+                                        effective_params=effective_params)
             fit_box["fit"] = fit
             text = fit.summary() + (f"\nheld out: {extra['holdout']['summary']}" if "holdout" in extra else "")
             return Section(title=f"Parametric law: {tag}", summary=text, warnings=fit.warnings,
@@ -159,7 +161,8 @@ def _safe(name: str) -> str:
 
 def _with_baselines(df: pd.DataFrame, model: str) -> pd.DataFrame:
     """The looped model's runs plus every fixed-depth (transformer) run on the same budgets."""
-    keep = (df["model"].astype(str) == model) | (df.get("arch", pd.Series("", index=df.index)).astype(str) == "transformer")
+    keep = ((df["model"].astype(str) == model)
+            | (df.get("arch", pd.Series("", index=df.index)).astype(str) == "transformer"))
     return df[keep]
 
 
@@ -175,7 +178,8 @@ def _optima_table(res) -> pd.DataFrame:
 
 def _params_table(fit) -> pd.DataFrame:
     rows = []
-    for kind, values, cis in (("parameter", fit.params, fit.intervals), ("derived", fit.derived, fit.derived_intervals)):
+    for kind, values, cis in (("parameter", fit.params, fit.intervals),
+                              ("derived", fit.derived, fit.derived_intervals)):
         for name, v in values.items():
             ci = cis.get(name)
             rows.append({"name": name, "kind": kind, "value": v, "low": ci.low if ci else float("nan"),
@@ -209,8 +213,10 @@ def stability_section(store, sweeps: Sequence[str], out_dir: Path) -> Section:
     name = "stability_" + "_".join(sweeps) if len(sweeps) > 1 else "stability"
     figs = stability_figure(history, health.drop(columns="verdict"), out_dir / _safe("_".join(sweeps)), name=name)
     bad = health[health["verdict"] != "stable"]
-    warnings = tuple(f"{r.label}: {r.verdict}" + (f" at step {r.diverged_step}" if r.diverged and r.diverged_step else "")
-                     + (f" ({r.n_spikes} spikes, worst {r.max_spike_ratio:.2f}x the best loss before it)" if r.n_spikes else "")
+    warnings = tuple(f"{r.label}: {r.verdict}"
+                     + (f" at step {r.diverged_step}" if r.diverged and r.diverged_step else "")
+                     + (f" ({r.n_spikes} spikes, worst {r.max_spike_ratio:.2f}x the best loss before it)"
+                        if r.n_spikes else "")
                      for r in bad.itertuples())
     counts = ", ".join(f"{k}: {v}" for k, v in health["verdict"].value_counts().items())
     return Section(title="Training stability: " + ", ".join(sweeps), summary=counts,

@@ -144,13 +144,15 @@ def test_read_commands_never_create_a_store(tmp_path: Path, command: str) -> Non
     assert not path.exists() and not Path(f"{path}-wal").exists()
 
 
-@pytest.mark.parametrize("command", ["parcae-sweep status nope --store {url}", "parcae-sweep cancel nope --store {url}"])
+@pytest.mark.parametrize("command", ["parcae-sweep status nope --store {url}",
+                                     "parcae-sweep cancel nope --store {url}"])
 def test_unknown_sweep_names_the_recorded_ones(tmp_path: Path, command: str) -> None:
     path = tmp_path / "store.sqlite"
     _make_store(path)
     before = _md5(path)
     code, output = _invoke(command.format(url=f"sqlite:///{path}"))
-    assert code == 1 and "sweep 'nope' is not recorded" in (line := _one_error(output)) and "recorded sweeps: sw" in line
+    assert (code == 1 and "sweep 'nope' is not recorded" in (line := _one_error(output))
+            and "recorded sweeps: sw" in line)
     assert _md5(path) == before
 
 

@@ -101,7 +101,8 @@ class Sweep:
     def duplicate_metric_rows(self) -> int:
         with Store.open(self.url) as store, store.engine.connect() as conn:
             return int(conn.execute(text(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM metrics GROUP BY run_id, name, step HAVING COUNT(*) > 1)")).scalar())
+                "SELECT COUNT(*) FROM (SELECT 1 FROM metrics GROUP BY run_id, name, step "
+                "HAVING COUNT(*) > 1)")).scalar())
 
     def metric_steps(self) -> dict[str, set[int]]:
         with Store.open(self.url) as store, store.engine.connect() as conn:

@@ -46,7 +46,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     def mount(size: int) -> Path:
         nonlocal mounted
         opts = f"remount,size={size}" if mounted else f"size={size}"
-        cmd = ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)] if not mounted else ["mount", "-o", opts, str(mnt)]
+        cmd = (["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)] if not mounted
+               else ["mount", "-o", opts, str(mnt)])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"mount not permitted here: {done.stderr.strip()}")

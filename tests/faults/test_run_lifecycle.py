@@ -231,7 +231,8 @@ def test_a_second_worker_on_a_locked_output_dir_fails_at_once_and_is_not_retried
         attempt = claim_runs(store, [run_id], backend="local", statuses=[RunStatus.PREEMPTED])[run_id]
         t0 = time.monotonic()
         out = subprocess.run([sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", sweep.url,
-                              "--run-id", run_id, "--attempt", str(attempt)], capture_output=True, text=True, timeout=120)
+                              "--run-id", run_id, "--attempt", str(attempt)],
+                             capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and time.monotonic() - t0 < 60
         row = store.runs(SWEEP).set_index("run_id").loc[run_id]
         assert (row["status"], row["failure_kind"]) == ("failed", "locked")
@@ -241,7 +242,8 @@ def test_a_second_worker_on_a_locked_output_dir_fails_at_once_and_is_not_retried
         assert run_id not in rep.dispatched  # plain resume does not hammer a locked directory
     with lock_output_dir(run, attempt=1):  # another process asking for a held lock is refused at once
         sub = subprocess.run([sys.executable, "-c", (
-            "from parcae_scaling.model.run_spec import RunSpec; from parcae_scaling.sweeps.worker import lock_output_dir\n"
+            "from parcae_scaling.model.run_spec import RunSpec; "
+                "from parcae_scaling.sweeps.worker import lock_output_dir\n"
             f"run = RunSpec.from_json({run.to_json()!r})\n"
             "with lock_output_dir(run, 7): pass")], capture_output=True, text=True, timeout=60)
     assert "OutputDirLocked" in sub.stderr and f"pid {os.getpid()}" in sub.stderr

@@ -221,7 +221,8 @@ def test_triton_refuses_cpu_tensors_without_the_interpreter():
         "import torch\n"
         "from parcae_scaling.kernels import linear_cross_entropy\n"
         "try:\n"
-        "    linear_cross_entropy(torch.randn(3, 16), torch.randn(5, 16), torch.zeros(3, dtype=torch.long), impl='triton')\n"
+        "    linear_cross_entropy(torch.randn(3, 16), torch.randn(5, 16), "
+            "torch.zeros(3, dtype=torch.long), impl='triton')\n"
         "except ValueError as err:\n"
         "    print(err)\n"
     )

@@ -75,7 +75,8 @@ def test_env_var_sets_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_bpe_corpus_trains_and_round_trips(tmp_path: Path) -> None:
     root = _fake_stdlib(tmp_path / "lib")
-    info = build_stdlib_corpus(tokenizer="bpe", bpe_vocab_size=300, cache_dir=tmp_path, stdlib_root=root, val_percent=20)
+    info = build_stdlib_corpus(tokenizer="bpe", bpe_vocab_size=300, cache_dir=tmp_path,
+                               stdlib_root=root, val_percent=20)
     assert info.tokenizer_path and Path(info.tokenizer_path).is_file()
     tok = get_tokenizer("bpe", path=info.tokenizer_path)
     assert tok.vocab_size <= 300 and info.vocab_size == tok.vocab_size
@@ -198,8 +199,10 @@ def test_parquet_with_local_bpe_tokenizer(tmp_path: Path) -> None:
     tok = train_bpe(texts[:30], vocab_size=320, path=tmp_path / "tok" / "tokenizer.json")
     pq.write_table(pa.table({"text": texts[:30]}), tmp_path / "train.parquet")
     pq.write_table(pa.table({"text": texts[30:]}), tmp_path / "val.parquet")
-    data = load_data(DataSpec(source="parquet", tokenizer="bpe", tokenizer_path=str(tmp_path / "tok" / "tokenizer.json"),
-                              train_paths=(str(tmp_path / "train.parquet"),), val_paths=(str(tmp_path / "val.parquet"),),
+    data = load_data(DataSpec(source="parquet", tokenizer="bpe",
+                              tokenizer_path=str(tmp_path / "tok" / "tokenizer.json"),
+                              train_paths=(str(tmp_path / "train.parquet"),),
+                              val_paths=(str(tmp_path / "val.parquet"),),
                               cache_dir=str(tmp_path / "cache")))
     assert data.vocab_size == tok.vocab_size <= 320
     first = tok.encode_document(texts[0])

@@ -34,7 +34,8 @@ def test_depth_sampler_statistics(mu_rec):
 
 
 def test_depth_sampler_is_reproducible_under_a_seed():
-    draw = lambda seed: sample_depths(64, 8, 4, torch.Generator().manual_seed(seed)).total_steps
+    def draw(seed):
+        return sample_depths(64, 8, 4, torch.Generator().manual_seed(seed)).total_steps
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3), draw(4))
 

@@ -73,7 +73,8 @@ def test_train_one_spec_names_its_dir_after_the_data_parallel_run() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_train_one_nproc_writes_into_the_dir_of_the_run_it_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_one_nproc_writes_into_the_dir_of_the_run_it_trains(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARCAE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     res = _invoke(["--tokens", "2048", "--batch-size", "4", "--seq-len", "64", "--eval-tokens", "1024", "--nproc", "2"])

@@ -59,7 +59,8 @@ def test_worker_records_the_timeout_kind(exc: BaseException, status: RunStatus, 
     with Store.open(store_url) as store:
         record_plan(store, p)
         with pytest.raises(type(exc)):
-            execute_run(run, store_url, job_id="slurm:1", train=interrupted_training, interruption=job.interruption_kind)
+            execute_run(run, store_url, job_id="slurm:1", train=interrupted_training,
+                        interruption=job.interruption_kind)
         row = store.runs(p.sweep).set_index("run_id").loc[run.run_id]
     assert (row["status"], row["failure_kind"]) == (status.value, kind)
     assert kind in RETRYABLE_KINDS

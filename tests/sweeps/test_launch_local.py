@@ -83,7 +83,8 @@ def test_cancel_stops_a_detached_run(write_spec, tiny_spec, store_url, wait_for)
 def test_a_backend_that_cannot_detach_refuses_before_claiming(write_spec, tiny_spec, store_url) -> None:  # noqa: ANN001
     with Store.open(store_url) as store:
         with pytest.raises(ValueError, match="cannot detach"):
-            launch(plan(load_spec(write_spec(tiny_spec()))), store, get_backend("ray"), store_url=store_url, detach=True)
+            launch(plan(load_spec(write_spec(tiny_spec()))), store, get_backend("ray"),
+                   store_url=store_url, detach=True)
         assert (store.runs("tiny")["status"] == RunStatus.PLANNED.value).all()  # still launchable
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         get_backend("slurm")

@@ -79,7 +79,8 @@ def test_failure_from_reports_classifies_the_first_real_cause() -> None:
     first = failure_from_reports([_report(0, "error", 3.0, "late"), _report(1, "error", 2.0, "ValueError: early")],
                                  world_size=2, exit_code=1)
     assert first.failure_kind == "error" and "ValueError: early" in str(first)
-    stopped = failure_from_reports([_report(0, "preempted", 1.0), _report(1, "preempted", 1.1)], world_size=2, exit_code=1)
+    stopped = failure_from_reports([_report(0, "preempted", 1.0), _report(1, "preempted", 1.1)],
+                                   world_size=2, exit_code=1)
     assert stopped.failure_kind == "preempted"
     nothing = failure_from_reports([], world_size=2, exit_code=1, log="/x/launch.log")
     assert nothing.failure_kind == "error" and "/x/launch.log" in str(nothing)
@@ -126,7 +127,8 @@ def test_sigkilled_rank_fails_the_run_classified_and_resume_finishes_it(
         os.kill(rank1, signal.SIGKILL)
         wait_for(lambda: store.runs("dp")["status"].iloc[0] == "failed", timeout_s=120, what="the failure")
         row = store.runs("dp").iloc[0]
-        assert row["failure_kind"] == "node_lost" and "rank(s) [1] of 2" in row["failure_message"], row["failure_message"]
+        assert (row["failure_kind"] == "node_lost"
+                and "rank(s) [1] of 2" in row["failure_message"]), row["failure_message"]
         killed_at = max(_losses(store, "dp"))
         assert killed_at < p.runs[0].steps, "the run finished before rank 1 was killed"
         time.sleep(1)

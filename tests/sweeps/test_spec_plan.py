@@ -109,7 +109,8 @@ def test_plan_cli_prints_table_refuses_over_budget_and_writes_nothing(write_spec
 
 
 def test_toml_spec_and_builtin_default(tmp_path: Path) -> None:
-    toml = 'name = "t"\nmodels = ["parcae-tiny-48"]\nbudgets_flops = [1e10]\nmu_rec = [1, 2]\n[model_overrides]\nseq_len = 32\n'
+    toml = ('name = "t"\nmodels = ["parcae-tiny-48"]\nbudgets_flops = [1e10]\nmu_rec = [1, 2]\n'
+            '[model_overrides]\nseq_len = 32\n')
     path = tmp_path / "spec.toml"
     path.write_text(toml)
     assert len(plan(load_spec(path)).runs) == 2
