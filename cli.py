@@ -93,9 +93,12 @@ def train_one_command(
     if spec and nproc is not None:
         run = run.replace(nproc_per_node=nproc)
     if run.world_size > 1:
-        from parcae_scaling.sweeps.dist_launch import launch_local
+        from parcae_scaling.sweeps.ranks import launch_local
 
-        typer.echo(json.dumps(launch_local(run, threads=threads).to_dict(), indent=2))
+        result = launch_local(run, threads=threads)
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        if result.status.value != "succeeded":
+            raise typer.Exit(code=1)
         return
     out = train_one(run)
     r = out.result

@@ -6,25 +6,32 @@ lost node) is retried `retries` times by Ray and resumes from the run's checkpoi
 share their driver's fate, so this backend does not detach: launch waits.
 
 A data-parallel run (world size N) is a task without resources of its own (the worker: store,
-heartbeat, classification) that trains through Ray Train (model/dist_launch.ray_train_run): one
+heartbeat, classification) that trains through Ray Train (`ray_train_run` below): one
 placement group of N workers with `cpus_per_run` CPUs (and one GPU when gpus_per_run is 1) each,
 rank 0 writing the store (sweeps/ranks.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from parcae_scaling.db import RunStatus
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
+from parcae_scaling.sweeps.ranks import RankFailure, ray_rank, run_summary
+
+if TYPE_CHECKING:
+    from parcae_scaling.model.contracts import MetricsSink, RunResult
+    from parcae_scaling.sweeps.ranks import TrainFn
+
+_RAY_LOST = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "ActorUnavailableError")
 
 
 def _ray_task(spec: dict, store_url: str, torch_threads: int, heartbeat_s: float, gpus_per_run: int = 0,
               cpus_per_run: int = 1, attempt: int | None = None) -> str:
     import ray
 
-    from parcae_scaling.sweeps.ranks import ray_trainer
     from parcae_scaling.sweeps.worker import execute_run
 
     task = ray.get_runtime_context().get_task_id()
@@ -101,3 +108,47 @@ class RayBackend:
         for job_id in job_ids:
             if job_id in self._refs:
                 ray.cancel(self._refs[job_id], force=True)
+
+
+# ---- data-parallel runs through Ray Train ----------------------------------------------------
+
+def ray_train_run(run: RunSpec, *, use_gpu: bool = False, cpus_per_worker: float = 1.0,
+                  storage_path: str | None = None, worker: Callable[[dict[str, Any]], None] | None = None,
+                  config: Mapping[str, Any] | None = None) -> None:
+    """Train `run` on run.world_size Ray workers (one placement group) through Ray Train's
+    TorchTrainer, which forms the process group before `train_run` reuses it. Each worker calls
+    `worker({"spec": <run JSON>, **config})`; the default (sweeps/ranks.py `ray_rank`) has rank 0
+    write the run directory, or the store when config holds a store_url. Raises if the run failed."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        worker or ray_rank, train_loop_config={**(config or {}), "spec": run.to_json()},
+        scaling_config=ScalingConfig(num_workers=run.world_size, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"parcae-{run.run_id}",
+                             storage_path=storage_path or str(Path(run.output_dir).resolve())),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"run {run.run_id} failed under Ray Train: {result.error}")
+
+
+def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bool,
+                cpus_per_worker: float, attempt: int | None = None) -> "TrainFn":
+    """execute_run's trainer for a multi-process run on Ray Train (one placement group of
+    run.world_size workers); a lost Ray worker is node_lost, any other failure classified."""
+    def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
+        try:
+            ray_train_run(run, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, worker=ray_rank,
+                          config={"store_url": store_url, "heartbeat_s": heartbeat_s, "threads": threads,
+                                  "attempt": attempt})
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            kind = ("node_lost" if any(name in text for name in _RAY_LOST)
+                    else "oom" if "out of memory" in text.lower() else "error")
+            raise RankFailure(kind, f"run {run.run_id} under Ray Train: {text}") from exc
+        return run_summary(run)
+
+    return train

@@ -96,7 +96,6 @@ class SlurmRun(Checkpointable):
 
 def slurm_parameters(r: ResourceSpec, run: RunSpec) -> dict[str, object]:
     """submitit parameters of one run's job: per-process resources times its SLURM tasks."""
-    from parcae_scaling.sweeps.dist_launch import slurm_task_layout
 
     params: dict[str, object] = dict(timeout_min=r.time_limit_min, cpus_per_task=r.cpus_per_run,
                                      mem_gb=r.mem_gb * run.nproc_per_node, nodes=1, tasks_per_node=1)
@@ -152,3 +151,13 @@ class SubmititBackend:
         ids = [j.removeprefix("slurm:") for j in job_ids if j.startswith("slurm:")]
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, text=True)
+
+
+def slurm_task_layout(run: RunSpec, *, gpus: bool) -> dict[str, int]:
+    """submitit parameters for one multi-process run: one SLURM task per rank (each task calls
+    the job's function, which trains with `train_run` after model/train/distributed.py exports the
+    layout from SLURM's environment through submitit's TorchDistributedEnvironment)."""
+    layout = {"nodes": run.nodes, "tasks_per_node": run.nproc_per_node}
+    if gpus:
+        layout["gpus_per_node"] = run.nproc_per_node
+    return layout

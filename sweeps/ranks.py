@@ -1,19 +1,21 @@
-"""Data-parallel runs in a sweep: one supervising worker, N ranks, one writer.
+"""Running one RunSpec on N ranks: the one way, for sweeps and for `train-one --nproc N`.
 
-A run with `RunSpec.world_size` > 1 trains on several processes. In every backend one process,
-the worker (`worker.execute_run`), owns the run's store side: skipping finished runs, the job id,
-the heartbeat, cancellation, SIGTERM and the classified failure. Rank 0 writes metrics, evals
-and the running / succeeded / diverged status through a StoreSink; the other ranks never open
-the store (NullSink), so nothing is written twice.
+Every rank runs `rank_main` (this module's entry point) with the same spec; `rank_sink` is the
+one choice of sink: rank 0 writes the run directory, and for a sweep's run also the store
+(`--store`, fenced on the worker's attempt); the other ranks write nothing (NullSink).
 
-    local     the worker starts torchrun (model/dist_launch.start_local) with `rank_main` on every
-              rank and waits. A rank that dies makes torchrun stop the others; the worker then
-              classifies the failure from the ranks' reports (`failure_from_reports`).
+In a sweep one process, the worker (`worker.execute_run`), owns the run's store side: skipping
+finished runs, the job id, the heartbeat, cancellation, SIGTERM and the classified failure.
+
+    local     the worker starts torchrun (`start_local`) with `rank_main` on every rank and
+              waits. A rank that dies makes torchrun stop the others; the worker then classifies
+              the failure from the ranks' reports (`failure_from_reports`).
     submitit  one SLURM task per rank: task 0 is the worker and rank 0 at once (it trains in
               process), the other tasks call `train_rank` (process group from SLURM's environment).
-    ray       the worker is a Ray task without CPUs of its own; Ray Train workers are the ranks.
+    ray       the worker is a Ray task without CPUs of its own; Ray Train workers are the ranks
+              (`ray_rank`, started by sweeps/backend_ray.py).
 
-    python -m parcae_scaling.sweeps.ranks SPEC --store URL --reports DIR   (per rank, under torchrun)
+    python -m torch.distributed.run ... -m parcae_scaling.sweeps.ranks SPEC [--store URL --reports DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from parcae_scaling.db import Store
+from parcae_scaling.db import RunDirSink, Store
+from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
@@ -43,7 +46,6 @@ if TYPE_CHECKING:  # the training stack is imported lazily (the pool process nev
 
 _ENTRY = "parcae_scaling.sweeps.ranks"
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL for ranks that do not stop
-_RAY_LOST = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "ActorUnavailableError")
 
 
 class RankFailure(RuntimeError):
@@ -55,14 +57,94 @@ class RankFailure(RuntimeError):
         self.failure_kind = kind
 
 
+# ---- starting the ranks on this node (torchrun) --------------------------------------------
+
+LAUNCH_SPEC_FILE = "launch_spec.json"  # the exact spec (with its process layout) the ranks read
+LAUNCH_LOG_FILE = "launch.log"
+
+
+def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1, entry: str = _ENTRY,
+                     args: Sequence[str] = ()) -> list[str]:
+    """The single-node torchrun command line that trains the spec at `spec_path` with the per-rank
+    entry module `entry` (`python -m entry SPEC --threads=N *args` on every rank)."""
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+            "--monitor-interval=0.2", "-m", entry, str(spec_path), f"--threads={threads}", *args]
+
+
+# Exec `argv[2:]` with PR_SET_PDEATHSIG = SIGTERM: a launcher that dies, even by SIGKILL, takes
+# torchrun (which stops its ranks on SIGTERM) with it instead of leaving a run training unseen.
+_PARENT_DEATH_GUARD = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit('parcae: the launcher died before torchrun started'); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _dies_with_this_process(cmd: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _PARENT_DEATH_GUARD, str(os.getpid()), *cmd]
+
+
+def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY,
+                args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start `run` on run.nproc_per_node local processes (nodes must be 1) in a session of their own
+    (kill the group to stop them all); returns torchrun's process. `entry`/`args`: the per-rank
+    module and its extra arguments (default: this module, rank 0 writing the run directory)."""
+    if run.nodes != 1:
+        raise ValueError(f"RunSpec.nodes is {run.nodes}; a local launch uses one node: use the submitit or "
+                         "ray backend for several nodes, or set nodes=1")
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / LAUNCH_SPEC_FILE
+    spec_path.write_text(run.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = open(out / LAUNCH_LOG_FILE, "ab")
+    try:
+        cmd = torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads, entry=entry, args=args)
+        return subprocess.Popen(_dies_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def wait_local(proc: subprocess.Popen[bytes], run: RunSpec, *, timeout_s: float | None = None) -> "RunResult":
+    """Wait for a started launch; on timeout kill its whole session. Returns the run's summary."""
+    from parcae_scaling.model.train.loop import SUMMARY_FILE
+    from parcae_scaling.model.contracts import RunResult
+
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank: nothing is left running
+        proc.wait()
+        raise RuntimeError(f"run {run.run_id} did not finish within {timeout_s} s; its processes were killed "
+                           f"and the last checkpoint in {run.output_dir} remains for a resume") from None
+    summary = Path(run.output_dir) / SUMMARY_FILE
+    if code != 0 or not summary.exists():
+        log = Path(run.output_dir) / LAUNCH_LOG_FILE
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"run {run.run_id}: torchrun exited with code {code}; relaunch to resume from the last "
+                           f"checkpoint. Log tail ({log}):\n{tail}")
+    return RunResult.from_dict(json.loads(summary.read_text()))
+
+
+def launch_local(run: RunSpec, *, threads: int = 1, timeout_s: float | None = None) -> "RunResult":
+    """Train `run` on run.nproc_per_node local processes and return its summary (raises on failure)."""
+    return wait_local(start_local(run, threads=threads), run, timeout_s=timeout_s)
+
+
 # ---- the ranks ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | None = None,
+def rank_sink(store_url: str | None, rank: int, *, heartbeat_s: float, run: RunSpec | None = None,
               attempt: int | None = None) -> Iterator["MetricsSink"]:
-    """Rank 0: the worker's sink (run directory and store, fenced on the worker's attempt,
-    FAILED held back for the worker to classify); any other rank: a NullSink, without opening
-    the store."""
+    """The one choice of sink for a rank. Any rank but 0: a NullSink (it computes, rank 0
+    writes). Rank 0 of a sweep's run (`store_url`): the worker's sink (run directory and store,
+    fenced on the worker's attempt, FAILED held back for the worker to classify). Rank 0 outside
+    a sweep (`train-one`, no store): the run directory alone."""
     from parcae_scaling.model.contracts import NullSink
     from parcae_scaling.sweeps.claims import FencedStore, current_attempt
     from parcae_scaling.sweeps.writer import run_sink
@@ -70,10 +152,14 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
     if rank != 0:
         yield NullSink()
         return
+    if run is None:
+        raise ValueError("rank_sink: rank 0 writes the run's directory (and store rows); pass run=")
+    if store_url is None:
+        with RunDirSink(run.output_dir) as files:
+            yield files
+        return
     store = Store.open(store_url)
     try:
-        if run is None:
-            raise ValueError("rank_sink: rank 0 writes the run's directory and store rows; pass run=")
         fenced = FencedStore(store, run.run_id, current_attempt(store, run.run_id) if attempt is None else attempt)
         with run_sink(fenced, run, heartbeat_s=heartbeat_s) as sink:
             yield sink
@@ -81,7 +167,7 @@ def rank_sink(store_url: str, rank: int, *, heartbeat_s: float, run: RunSpec | N
         store.close()
 
 
-def train_rank(run: RunSpec, store_url: str, *, rank: int, heartbeat_s: float,
+def train_rank(run: RunSpec, store_url: str | None, *, rank: int, heartbeat_s: float,
                attempt: int | None = None) -> "RunResult":
     """Train this process's rank of `run` (every rank calls this with the same spec)."""
     from parcae_scaling.model.train.loop import train_run
@@ -128,7 +214,8 @@ def failure_from_reports(reports: Sequence[Mapping[str, Any]], *, world_size: in
 
 
 def rank_main(argv: Sequence[str] | None = None) -> int:
-    """Per-rank entry point under torchrun: train, and on any failure leave a report."""
+    """The per-rank entry point under torchrun (a sweep's run, or `train-one --nproc N`): train;
+    on a failure leave a report for the worker (with --reports) and exit 1."""
     import torch
 
     from parcae_scaling.model.train.distributed import environ_rank
@@ -136,8 +223,8 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog=_ENTRY)
     p.add_argument("spec")
-    p.add_argument("--store", required=True)
-    p.add_argument("--reports", required=True)
+    p.add_argument("--store", default=None, help="rank 0 writes this store too (a sweep's run)")
+    p.add_argument("--reports", default=None, help="where each failing rank leaves its report")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--heartbeat", type=float, default=10.0)
     p.add_argument("--attempt", type=int, default=None)
@@ -152,15 +239,38 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
         # torchrun's SIGTERM to the survivors may land while this rank handles its own error: the
         # report must still be written (a rank without one would count as killed)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        write_report(Path(args.reports), rank, exc)
+        if args.reports:
+            write_report(Path(args.reports), rank, exc)
         traceback.print_exc()
         return 1
     return 0  # also for diverged: rank 0 has stored that status
 
 
+def current_rank() -> int:
+    """Global rank of this process: from an initialised group (Ray Train), else the launcher's env."""
+    import torch.distributed as dist
+
+    from parcae_scaling.model.train.distributed import environ_rank
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else environ_rank()
+
+
+def ray_rank(config: dict[str, Any]) -> None:
+    """A Ray Train worker: one rank of the run (Ray Train has formed the process group)."""
+    import torch
+
+
+    torch.set_num_threads(int(config.get("threads", 1)))
+    run = RunSpec.from_json(config["spec"])
+    result = train_rank(run, config.get("store_url"), rank=current_rank(),
+                        heartbeat_s=float(config.get("heartbeat_s", 10.0)), attempt=config.get("attempt"))
+    if config.get("store_url") is None and result.status is not RunStatus.SUCCEEDED:  # no worker classifies it
+        raise RuntimeError(f"run {run.run_id} ended {result.status.value}: {result.message}")
+
+
 # ---- the worker's side ----------------------------------------------------------------------
 
-def _summary(run: RunSpec) -> "RunResult":
+def run_summary(run: RunSpec) -> "RunResult":
     from parcae_scaling.model.train.loop import SUMMARY_FILE
     from parcae_scaling.model.contracts import RunResult
 
@@ -186,7 +296,6 @@ def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: 
                 attempt: int | None = None) -> "RunResult":
     """Train `run` on run.nproc_per_node local processes (torchrun); raises RankFailure if a rank
     failed, and stops every rank when this process is interrupted (SIGTERM: cancel, preemption)."""
-    from parcae_scaling.sweeps.dist_launch import LAUNCH_LOG_FILE, start_local
 
     reports = Path(tempfile.mkdtemp(prefix=f"parcae-ranks-{run.run_id}-"))
     try:
@@ -200,7 +309,7 @@ def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: 
             _stop(proc)
             raise
         if code == 0:
-            return _summary(run)
+            return run_summary(run)
         raise failure_from_reports(read_reports(reports), world_size=run.world_size, exit_code=code,
                                    log=str(Path(run.output_dir) / LAUNCH_LOG_FILE))
     finally:
@@ -212,39 +321,6 @@ def torchrun_trainer(store_url: str, *, threads: int, heartbeat_s: float, attemp
     rank 0 writes the metrics, fenced on the worker's attempt)."""
     def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
         return train_local(run, store_url, threads=threads, heartbeat_s=heartbeat_s, attempt=attempt)
-
-    return train
-
-
-def _ray_rank(config: dict[str, Any]) -> None:
-    """A Ray Train worker: one rank of the run (Ray Train has formed the process group)."""
-    import torch
-
-    from parcae_scaling.sweeps.dist_launch import current_rank
-
-    torch.set_num_threads(int(config["threads"]))
-    run = RunSpec.from_json(config["spec"])
-    train_rank(run, config["store_url"], rank=current_rank(), heartbeat_s=float(config["heartbeat_s"]),
-               attempt=config.get("attempt"))
-
-
-def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bool,
-                cpus_per_worker: float, attempt: int | None = None) -> "TrainFn":
-    """execute_run's trainer for a multi-process run on Ray Train (one placement group of
-    run.world_size workers); a lost Ray worker is node_lost, any other failure classified."""
-    from parcae_scaling.sweeps.dist_launch import ray_train_run
-
-    def train(run: RunSpec, sink: "MetricsSink") -> "RunResult":
-        try:
-            ray_train_run(run, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, worker=_ray_rank,
-                          config={"store_url": store_url, "heartbeat_s": heartbeat_s, "threads": threads,
-                                  "attempt": attempt})
-        except Exception as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            kind = ("node_lost" if any(name in text for name in _RAY_LOST)
-                    else "oom" if "out of memory" in text.lower() else "error")
-            raise RankFailure(kind, f"run {run.run_id} under Ray Train: {text}") from exc
-        return _summary(run)
 
     return train
 

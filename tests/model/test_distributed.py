@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from parcae_scaling.model.train.data import global_micro_index
-from parcae_scaling.sweeps.dist_launch import torchrun_command
+from parcae_scaling.sweeps.ranks import torchrun_command
 from parcae_scaling.model.train.distributed import DistEnv, check_layout, env_from_environ, environ_rank
 from parcae_scaling.model.run_spec import DataSpec, plan_tokens
 from parcae_scaling.model.train.loop import train_run
@@ -75,4 +75,4 @@ def test_distributed_fields_are_validated(tmp_path: Path) -> None:
 def test_torchrun_command_runs_the_rank_entry_point(tmp_path: Path) -> None:
     cmd = torchrun_command(tmp_path / "s.json", nproc_per_node=2)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd
-    assert cmd[cmd.index("-m", 3) + 1] == "parcae_scaling.sweeps.dist_launch"
+    assert cmd[cmd.index("-m", 3) + 1] == "parcae_scaling.sweeps.ranks"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from parcae_scaling.sweeps.dist_launch import slurm_task_layout
+from parcae_scaling.sweeps.backend_submitit import slurm_task_layout
 from parcae_scaling.model.train.loop import SUMMARY_FILE
 from parcae_testing import tiny_run, write_bin_shards
 
@@ -25,7 +25,7 @@ def test_slurm_layout_has_one_task_per_rank(tmp_path: Path) -> None:
 def test_two_worker_run_through_a_local_ray_cluster(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.train.torch")
-    from parcae_scaling.sweeps.dist_launch import ray_train_run
+    from parcae_scaling.sweeps.backend_ray import ray_train_run
 
     run = tiny_run(tmp_path / "run", write_bin_shards(tmp_path / "data"), tokens=8 * 32 * 4, nproc_per_node=2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -15,7 +15,7 @@ import torch
 from parcae_scaling.db.files import read_run_dir
 from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import CHECKPOINT_FILE
-from parcae_scaling.sweeps.dist_launch import launch_local, start_local, wait_local
+from parcae_scaling.sweeps.ranks import launch_local, start_local, wait_local
 from parcae_scaling.model.train.loop import SUMMARY_FILE, train_run
 from parcae_testing import ListSink, tiny_run, write_bin_shards
 
