@@ -6,6 +6,8 @@ whose message names the store and the fix. The CLI turns each into one `error:` 
 
 from __future__ import annotations
 
+from parcae_scaling.model.contracts import FailureKind
+
 
 class StoreError(RuntimeError):
     """Base class: the store could not do what was asked; the message says how to fix it."""
@@ -27,7 +29,7 @@ class StoreUnavailableError(StoreError):
     """The store cannot be reached right now (server down, connection lost, lock held too long).
     Transient: a writer may retry; a run that gives up is lost to its node, hence resumable."""
 
-    failure_kind = "node_lost"  # read by the worker's classify(): resume re-dispatches the run
+    failure_kind = FailureKind.NODE_LOST.value  # read by the worker's classify(): resume re-dispatches the run
 
 
 class UnknownSweepError(StoreError, ValueError):

@@ -35,20 +35,23 @@ class RunStatus(str, enum.Enum):
 
 
 class FailureKind(str, enum.Enum):
-    """Why a run stopped without succeeding: decides whether `resume` retries it by default."""
+    """Why a run stopped without succeeding; decides whether `resume` retries it by default.
+    The one list of kinds: workers record them, `resume` reads `is_retryable`."""
 
-    DIVERGED = "diverged"  # non-finite loss or gradients: a property of the recipe, not retried
+    DIVERGED = "diverged"  # non-finite loss or gradients, or learned nothing: the recipe's fault, never retried
     OOM = "oom"
     TIMEOUT = "timeout"  # the backend's time limit
-    PREEMPTED = "preempted"  # SIGTERM / Ctrl-C / requeue: resumable from the checkpoint
-    NODE_LOST = "node_lost"  # heartbeat stopped, or the job ended without a word
+    PREEMPTED = "preempted"  # SIGTERM, Ctrl-C, a requeue: resumable from the checkpoint
+    NODE_LOST = "node_lost"  # the heartbeat stopped, the job ended without a word, or the store stayed away
+    DISK_FULL = "disk_full"  # a checkpoint write found the disk full; the previous checkpoint is intact
+    LOCKED = "locked"  # another live worker holds the run's output directory: a retry now fails alike
     ERROR = "error"  # an exception in the run (with its traceback)
     CANCELLED = "cancelled"
 
     @property
     def is_retryable(self) -> bool:
-        """Retried by plain `resume`; the others need --include-failed (diverged never)."""
-        return self in (FailureKind.PREEMPTED, FailureKind.TIMEOUT, FailureKind.NODE_LOST)
+        """Retried by plain `resume`; the others (but diverged) need --include-failed."""
+        return self in (FailureKind.PREEMPTED, FailureKind.TIMEOUT, FailureKind.NODE_LOST, FailureKind.DISK_FULL)
 
 
 @dataclass(frozen=True, kw_only=True)

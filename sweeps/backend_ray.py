@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from parcae_scaling.db import RunStatus
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
 from parcae_scaling.sweeps.ranks import RankFailure, ray_rank, run_summary
@@ -146,8 +147,8 @@ def ray_trainer(store_url: str, *, threads: int, heartbeat_s: float, use_gpu: bo
                                   "attempt": attempt})
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
-            kind = ("node_lost" if any(name in text for name in _RAY_LOST)
-                    else "oom" if "out of memory" in text.lower() else "error")
+            kind = (FailureKind.NODE_LOST if any(name in text for name in _RAY_LOST)
+                    else FailureKind.OOM if "out of memory" in text.lower() else FailureKind.ERROR)
             raise RankFailure(kind, f"run {run.run_id} under Ray Train: {text}") from exc
         return run_summary(run)
 

@@ -25,6 +25,7 @@ from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable
 
 from parcae_scaling.db import RunStatus
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
 from parcae_scaling.sweeps.spec import ResourceSpec
@@ -66,9 +67,9 @@ class SlurmRun(Checkpointable):
     def interruption_kind(self, exc: BaseException) -> str | None:
         """timeout / preempted for submitit's exits (None: let the worker classify)."""
         if isinstance(exc, UncompletedJobError) and self._timed_out:
-            return "timeout"  # timed out more often than submitit requeues (max_num_timeout)
+            return FailureKind.TIMEOUT.value  # timed out more often than submitit requeues (max_num_timeout)
         if isinstance(exc, SystemExit):  # submitit requeued the job and exits this process
-            return "timeout" if self._timed_out else "preempted"
+            return (FailureKind.TIMEOUT if self._timed_out else FailureKind.PREEMPTED).value
         return None
 
     def __call__(self) -> str:

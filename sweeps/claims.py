@@ -22,13 +22,12 @@ from sqlalchemy import Connection, and_, or_, select, update
 
 from parcae_scaling.db import EvalRow, IngestReport, RunStatus, Store
 from parcae_scaling.db.schema import Run
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.db.store import MetricRow
 
-# Failure kinds `resume` retries from the checkpoint by default; others need --include-failed.
-# "locked": another worker holds the run's output directory (sweeps/worker.py); retrying at once
-# would only fail again, so it waits for the user like "error".
-RETRYABLE_KINDS = ("preempted", "timeout", "node_lost", "disk_full")
-FAILURE_KINDS = ("diverged", "oom", "timeout", "preempted", "node_lost", "disk_full", "error", "locked", "cancelled")
+# Failure kinds `resume` retries from the checkpoint by default, and those --include-failed adds.
+RETRYABLE_KINDS = tuple(k.value for k in FailureKind if k.is_retryable)
+USER_RETRY_KINDS = tuple(k.value for k in FailureKind if not k.is_retryable and k is not FailureKind.DIVERGED)
 # Liveness: a run is lost after `stale_after_s` without a heartbeat. Below a few heartbeats one
 # late beat (a busy disk, a slow store) would declare a live run lost and let it be re-dispatched.
 MIN_HEARTBEAT_S = 0.1  # below this the heartbeat thread and the pool's queue beats busy-loop
@@ -163,7 +162,7 @@ def release_unstarted(store: Store, attempts: Mapping[str, int], *, message: str
     become PREEMPTED at once, so plain `resume` re-dispatches them without waiting out the stale
     window. A started run is left to its worker (which records its own interruption)."""
     return settle_claimed(store, attempts, live=[RunStatus.PENDING], status=RunStatus.PREEMPTED,
-                          failure_kind="preempted", message=message)
+                          failure_kind=FailureKind.PREEMPTED.value, message=message)
 
 
 def current_attempt(store: Store, run_id: str) -> int:

@@ -18,12 +18,13 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
 from parcae_scaling.faults import fault_point
 from parcae_scaling.sweeps.claims import (
-    RETRYABLE_KINDS, check_liveness, claim_runs, mark_stale, recorded_sweeps, release_unstarted, set_job_ids,
-    settle_claimed, sweep_spec, touch,
+    RETRYABLE_KINDS, USER_RETRY_KINDS, check_liveness, claim_runs, mark_stale, recorded_sweeps, release_unstarted,
+    set_job_ids, settle_claimed, sweep_spec, touch,
 )
 from parcae_scaling.sweeps.plan import Plan
 from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
@@ -122,7 +123,8 @@ def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options:
         release_unstarted(store, claimed, message="interrupted (Ctrl-C) before it was submitted")
         raise
     except BaseException as exc:  # nothing was started: give the claims back as failures to retry
-        settle_claimed(store, claimed, live=[RunStatus.PENDING], status=RunStatus.FAILED, failure_kind="node_lost",
+        settle_claimed(store, claimed, live=[RunStatus.PENDING], status=RunStatus.FAILED,
+                       failure_kind=FailureKind.NODE_LOST.value,
                        message=f"submission failed: {type(exc).__name__}: {exc}")
         raise
     set_job_ids(store, {h.run_id: h.job_id for h in handles})
@@ -157,7 +159,7 @@ def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_
         attempts = {h.run_id: int(runs[h.run_id]) for h in handles if h.run_id in runs.index}
     # the backend is done with them but they never reported an end
     settle_claimed(store, attempts, live=[RunStatus.PENDING, RunStatus.RUNNING], status=RunStatus.FAILED,
-                   failure_kind="node_lost",
+                   failure_kind=FailureKind.NODE_LOST.value,
                    message="the backend reports the job ended but the run never reported an end")
 
 
@@ -203,7 +205,7 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
         record_plan(store, make_plan(spec), allow_drift=allow_drift)
         recorded = spec
     lost = mark_stale(store, sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
-    kinds = list(RETRYABLE_KINDS) + (["oom", "error", "locked", "cancelled"] if include_failed else [])
+    kinds = list(RETRYABLE_KINDS) + (list(USER_RETRY_KINDS) if include_failed else [])
     statuses = [RunStatus.PLANNED, RunStatus.PREEMPTED, RunStatus.FAILED]
     if include_failed:
         statuses.append(RunStatus.CANCELLED)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from parcae_scaling.db import RunDirSink, Store
-from parcae_scaling.model.contracts import RunStatus
+from parcae_scaling.model.contracts import FailureKind, RunStatus
 from parcae_scaling.model.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
@@ -52,9 +52,9 @@ class RankFailure(RuntimeError):
     """A data-parallel run failed in one of its ranks; `failure_kind` is the classified kind
     (writer.classify stores it as is)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind | str, message: str) -> None:
         super().__init__(message)
-        self.failure_kind = kind
+        self.failure_kind = FailureKind(kind).value
 
 
 # ---- starting the ranks on this node (torchrun) --------------------------------------------
@@ -201,14 +201,14 @@ def failure_from_reports(reports: Sequence[Mapping[str, Any]], *, world_size: in
     ranks = {int(r["rank"]) for r in reports}
     silent = [r for r in range(world_size) if r not in ranks]
     if silent and len(silent) < world_size:
-        return RankFailure("node_lost", f"rank(s) {silent} of {world_size} ended without a Python error (killed by "
-                           f"a signal: SIGKILL, the OOM killer) and the other ranks were stopped{where}; "
+        return RankFailure(FailureKind.NODE_LOST, f"rank(s) {silent} of {world_size} ended without a Python error "
+                           f"(killed by a signal: SIGKILL, the OOM killer) and the other ranks were stopped{where}; "
                            "`parcae-sweep resume` continues from the last checkpoint")
     if silent:
-        return RankFailure("error", f"no rank of {world_size} reported how it ended{where}; see the log")
-    causes = sorted((r for r in reports if r["kind"] != "preempted"), key=lambda r: r["time"])
+        return RankFailure(FailureKind.ERROR, f"no rank of {world_size} reported how it ended{where}; see the log")
+    causes = sorted((r for r in reports if r["kind"] != FailureKind.PREEMPTED), key=lambda r: r["time"])
     if not causes:
-        return RankFailure("preempted", f"all {world_size} ranks were stopped by SIGTERM{where}")
+        return RankFailure(FailureKind.PREEMPTED, f"all {world_size} ranks were stopped by SIGTERM{where}")
     first = causes[0]
     return RankFailure(str(first["kind"]), f"rank {first['rank']}: {first['message']}{where}\n{first['traceback']}")
 
@@ -276,7 +276,7 @@ def run_summary(run: RunSpec) -> "RunResult":
 
     path = Path(run.output_dir) / SUMMARY_FILE
     if not path.exists():
-        raise RankFailure("error", f"run {run.run_id}: every rank ended cleanly but {path} is missing")
+        raise RankFailure(FailureKind.ERROR, f"run {run.run_id}: every rank ended cleanly but {path} is missing")
     return RunResult.from_dict(json.loads(path.read_text()))
 
 

@@ -39,6 +39,7 @@ from typing import IO, Any, Callable, Iterator, Sequence
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.db.files import METRICS_FILE
 from parcae_scaling.faults import fault_point
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.claims import FencedStore, Superseded, current_attempt, run_status
 from parcae_scaling.sweeps.writer import Terminated, classify, install_sigterm, run_sink
@@ -54,7 +55,7 @@ class OutputDirLocked(RuntimeError):
     """Another live worker holds the run's output directory. Not retried by plain `resume`:
     the holder is still training (or stopping), and a retry now would fail the same way."""
 
-    failure_kind = "locked"
+    failure_kind = FailureKind.LOCKED.value
 
 
 def _heartbeat_loop(store: FencedStore, run_id: str, every_s: float, stop: threading.Event) -> None:
@@ -230,14 +231,14 @@ def _execute_locked(run: RunSpec, fenced: FencedStore, *, job_id: str | None, he
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         kind = (interruption(exc) if interruption else None) or classify(exc)
-        interrupted = kind == "preempted" or isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt))
+        interrupted = kind == FailureKind.PREEMPTED or isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt))
         if interrupted:
             fenced.check()  # superseded meanwhile: write nothing
             if run_status(fenced.store, run_id) is RunStatus.CANCELLED:
                 return RunStatus.CANCELLED
         status = RunStatus.PREEMPTED if interrupted else RunStatus.FAILED
         message = f"{type(exc).__name__}: {exc}"
-        if kind == "error" and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
+        if kind == FailureKind.ERROR and not hasattr(exc, "failure_kind"):  # a rank's failure carries its own traceback
             message += "\n" + "".join(traceback.format_exception(exc))[-4000:]
         fault_point("status_update")
         fenced.update_run(run_id, status=status, failure_kind=kind, message=message)

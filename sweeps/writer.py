@@ -11,6 +11,7 @@ import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 from parcae_scaling.db import EvalRow, RunDirSink, RunStatus, StoreSink
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.faults import fault_point
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.claims import FencedStore
@@ -91,10 +92,10 @@ def classify(exc: BaseException) -> str:
         return str(exc.failure_kind)  # type: ignore[attr-defined]
     # SystemExit: submitit's requeue on timeout/preemption; KeyboardInterrupt: Ctrl-C, a user's preemption
     if isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt)):
-        return "preempted"
+        return FailureKind.PREEMPTED.value
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
-        return "oom"
-    return "error"
+        return FailureKind.OOM.value
+    return FailureKind.ERROR.value
 
 
 def install_sigterm() -> object | None:

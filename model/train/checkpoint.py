@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from parcae_scaling.faults import fault_point
+from parcae_scaling.model.contracts import FailureKind
 from parcae_scaling.model.train.optim import OptimizerBundle
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -56,7 +57,7 @@ class CheckpointUnreadable(ValueError):
     Kind "error" (not retried by plain `resume`): retrying reads the same bytes and fails the
     same way, so the run waits for the user to delete the files and `resume --include-failed`."""
 
-    failure_kind = "error"
+    failure_kind = FailureKind.ERROR.value
 
 
 class CheckpointNoSpace(OSError):
@@ -65,7 +66,7 @@ class CheckpointNoSpace(OSError):
     Kind "disk_full": resumable, since nothing is lost. Once space is freed, `resume` continues
     from the newest intact checkpoint."""
 
-    failure_kind = "disk_full"
+    failure_kind = FailureKind.DISK_FULL.value
 
 
 @dataclass(frozen=True, kw_only=True)
