@@ -89,7 +89,8 @@ def classify(exc: BaseException) -> str:
     import torch
 
     if getattr(exc, "failure_kind", None):  # already classified (sweeps/ranks.RankFailure: a rank's failure)
-        return str(exc.failure_kind)  # type: ignore[attr-defined]
+        kind = exc.failure_kind  # type: ignore[attr-defined]
+        return kind.value if isinstance(kind, FailureKind) else str(kind)
     # SystemExit: submitit's requeue on timeout/preemption; KeyboardInterrupt: Ctrl-C, a user's preemption
     if isinstance(exc, (Terminated, SystemExit, KeyboardInterrupt)):
         return FailureKind.PREEMPTED.value

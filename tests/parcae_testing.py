@@ -4,9 +4,10 @@ On pytest's path (pyproject `pythonpath = ["tests"]`): `from parcae_testing impo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -89,3 +90,13 @@ def dp_sweep_spec(budget: float, **resources: Any) -> dict[str, Any]:
             "mu_rec": [2], "recipe": {"batch_size": 4, "grad_accum_steps": 2, "eval_tokens": 1024,
                                       "metrics_every_steps": 1, "checkpoint_every_steps": 5},
             "resources": {"nproc_per_node": 2, "max_concurrent": 2, "mem_gb": 1, "time_limit_min": 10, **resources}}
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float = 300.0, what: str = "condition", *,
+             poll_s: float = 0.5) -> None:
+    """Poll `pred` until it holds; fail the test naming `what` after `timeout_s`."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)

@@ -1,11 +1,13 @@
 """A sweep in the store as the fit library's tables (scaling/data.py RUN_COLUMNS and the
-test-time curves): the one place where store rows become DataFrames to fit."""
+test-time curves), and fits back into the store: the one place where store rows become
+DataFrames to fit and fits become store rows."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from parcae_scaling.db import Store
+from parcae_scaling.scaling.results import FitResult
 
 
 def runs_from_store_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -36,3 +38,10 @@ def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
         if kind == "runs":
             return runs_from_store_frame(store.isoflop_table(sweep))
         return store.test_time_curves(sweep).rename(columns={"model_size": "model"})
+
+
+def save_fit(url: str, sweep: str, fit: FitResult, *, model: str | None = None) -> int:
+    """Store a fit of a sweep's runs (its JSON, parameters and intervals; `Store.fits()` lists
+    them, `Store.load_fit(id)` and `FitResult.from_dict` read one back); returns its fit id."""
+    with Store.open(url, upgrade=False) as store:
+        return store.save_fit(fit, kind=fit.law, selection={"sweep": sweep, "model": model}, sweep=sweep)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from parcae_scaling.scaling.report.store_tables import load_store, require_sweeps
+from parcae_scaling.scaling.report.store_tables import load_store, require_sweeps, save_fit
 from parcae_scaling.scaling.effective_params import EffectiveParams
 from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
 from parcae_scaling.scaling.report.figures import stability_figure
@@ -119,7 +119,9 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
             fit, extra = run_parametric(df, out, n_bootstrap=n_bootstrap, source=source,
                                         effective_params=effective_params)
             fit_box["fit"] = fit
+            fit_id = save_fit(store_url, sweep, fit, model=m)
             text = fit.summary() + (f"\nheld out: {extra['holdout']['summary']}" if "holdout" in extra else "")
+            text += f"\nsaved in the store as fit {fit_id} (Store.load_fit({fit_id}))"
             return Section(title=f"Parametric law: {tag}", summary=text, warnings=fit.warnings,
                            tables=(("parameters (95% bootstrap intervals)", _params_table(fit)),),
                            figures=_pngs(out, "residuals_parcae"))

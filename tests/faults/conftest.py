@@ -4,6 +4,7 @@ a store holds per run (status, attempts, job ids, losses, duplicate metric rows)
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from sqlalchemy import text
 
 from parcae_scaling.db import Store
 from parcae_scaling.faults import FAULT_ENV
+from parcae_testing import wait_for
 
 SWEEP = "faults"
 HEARTBEAT = "0.5"  # s: short, so lost runs go stale within seconds (the window must be >= 3 beats)
@@ -187,11 +189,4 @@ def live_workers() -> Callable[[str], list[int]]:
 
 @pytest.fixture
 def wait_until() -> Callable[..., None]:
-    def wait(pred: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
-        t0 = time.monotonic()
-        while not pred():
-            if time.monotonic() - t0 > timeout_s:
-                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-            time.sleep(0.1)
-
-    return wait
+    return functools.partial(wait_for, timeout_s=120.0, poll_s=0.1)

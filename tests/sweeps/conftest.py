@@ -6,7 +6,6 @@ if missing, root only); SLURM tests skip with the reason when it cannot start.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from parcae_scaling.db import RunStatus, Store
+import parcae_testing
 from parcae_testing import ListSink, dp_sweep_spec, tiny_sweep_spec
 
 
@@ -25,7 +25,7 @@ def tiny_spec() -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture
 def wait_for() -> Callable[..., None]:
-    return _wait_for
+    return parcae_testing.wait_for
 
 
 @pytest.fixture
@@ -49,14 +49,6 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.sqlite'}"
-
-
-def _wait_for(pred: Callable[[], bool], timeout_s: float = 300.0, what: str = "condition") -> None:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _final_losses(url: str, sweep: str) -> dict[tuple[str, int], float]:
