@@ -31,6 +31,23 @@ def test_report_html_is_self_contained_and_complete(sweep_store, tmp_path):
     assert "95%" in html and "warnings (" in html
 
 
+def test_report_saves_its_parametric_fit_in_the_store(sweep_store, tmp_path):
+    from parcae_scaling.scaling.report.sweep_report import build_report
+    from parcae_scaling.scaling.results import FitResult
+
+    with Store.open(sweep_store["url"]) as store:
+        before = len(store.fits())
+    report = build_report(sweep_store["url"], sweep_store["sweep"], tmp_path / "fits", n_bootstrap=5)
+    with Store.open(sweep_store["url"]) as store:
+        fits = store.fits()
+        assert len(fits) == before + 1
+        newest = int(fits["fit_id"].iloc[0])
+        saved = FitResult.from_dict(store.load_fit(newest))
+    parametric = next(s for s in report.sections if s.title.startswith("Parametric law: "))
+    assert f"saved in the store as fit {newest}" in parametric.summary
+    assert saved.law == "parcae" and set(saved.params) >= {"E", "A", "B"}
+
+
 def test_ablation_report_flags_each_injection(sweep_store, tmp_path):
     out = tmp_path / "stab"
     sweeps = ",".join(sweep_store["ablation"])
