@@ -9,11 +9,14 @@ another directory still trains into the recorded output directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 
@@ -130,12 +133,31 @@ def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options:
     set_job_ids(store, {h.run_id: h.job_id for h in handles})
     if not options.detach:
         try:
-            wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep,
-                 heartbeat_s=options.heartbeat_s, attempts=claimed)
+            with _sigterm_as_interrupt():
+                wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep,
+                     heartbeat_s=options.heartbeat_s, attempts=claimed)
         except KeyboardInterrupt:
             release_unstarted(store, claimed, message="interrupted (Ctrl-C) before it started")
             raise
     return list(claimed), handles
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While waiting, a SIGTERM to the launcher (`kill`, a scheduler ending the driver's job) ends
+    the wait like Ctrl-C, so the runs it claimed that never started are released at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_after_s: float,
