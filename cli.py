@@ -1,15 +1,23 @@
 """Command-line entry points: `parcae-sweep` and `parcae-fit`.
 
-Argument parsing and printing only; every command calls the library API.
+Argument parsing and printing only; every command calls the library API. One declaration style:
+every option and argument is `Annotated[type, typer.Option/Argument(help=...)] = default`. Choices
+are `Literal`s taken from where the library defines them, so `--help` lists them and a wrong value
+is a usage error (exit 2) naming them. Library errors go through one boundary (exit 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
+
+from parcae_scaling.model.flops import FlopConvention
+from parcae_scaling.model.run_spec import DataSpec, OptimizerName, OptimizerSpec, RunSpec, TokenizerKind
 
 # What the library raises for a failure the user can act on: bad input (ValueError: SpecError,
 # ConfigDriftError, ...), the environment (OSError) and failed operations (RuntimeError: the
@@ -39,6 +47,39 @@ class _ErrorBoundary(TyperGroup):
             _fail(err)
 
 
+# Choices defined in modules that import torch or pandas. The annotations below call these, and
+# Typer evaluates a command's annotations only when it builds that command's app (this module has
+# `from __future__ import annotations`), so importing cli.py stays cheap and each app imports only
+# its own library (when it is built: `--help` included).
+def _backend_names() -> Any:
+    from parcae_scaling.sweeps.backend import backend_names
+
+    return Literal[tuple(backend_names())]
+
+
+def _parametric_laws() -> Any:
+    from parcae_scaling.scaling.report.cli_support import ParametricLaw
+
+    return ParametricLaw
+
+
+def _effective_params_modes() -> Any:
+    from parcae_scaling.scaling.report.cli_support import EffectiveParamsMode
+
+    return EffectiveParamsMode
+
+
+def _isoflop_x() -> Any:
+    from parcae_scaling.scaling.isoflop import XName
+
+    return XName
+
+
+def _default(spec_type: type, name: str) -> Any:
+    """A spec field's default, defined once in model/run_spec.py (shown by --help)."""
+    return next(f.default for f in dataclasses.fields(spec_type) if f.name == name)
+
+
 sweep_app = typer.Typer(
     name="parcae-sweep",
     help="Plan, launch and track FLOP-matched sweeps of looped (Parcae) language models.",
@@ -55,43 +96,53 @@ fit_app = typer.Typer(
 )
 
 
+# ---- parcae-sweep train-one | configs | flops (library: model/, sweeps/train_one.py) ----------
+_QUICK = "default: the quick run's, see sweeps/train_one.py"
+
+
 @sweep_app.command("train-one")
 def train_one_command(
-    model: str = typer.Option("parcae-tiny-64", help="Model config name (see model/config.py)."),
-    mu_rec: int = typer.Option(2, help="Mean recurrence (ignored for transformer-* configs)."),
-    budget_flops: float = typer.Option(2e11, help="FLOP budget; tokens = budget / FLOPs-per-token."),
-    tokens: int = typer.Option(None, help="Train this many tokens instead of a FLOP budget."),
-    batch_size: int = typer.Option(16, help="Sequences per micro-batch."),
-    seq_len: int = typer.Option(128, help="Context length."),
-    optimizer: str = typer.Option("adamw", help="adamw | muon (Muon on matrices + AdamW)."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate."),
-    seed: int = typer.Option(0, help="Seed for init, batches and depths."),
-    tokenizer: str = typer.Option("byte", help="byte | bpe (trained locally on the corpus)."),
-    eval_tokens: int = typer.Option(16_384, help="Validation tokens per evaluated recurrence."),
-    output_dir: str = typer.Option(None, help="Run directory (default runs/train-one-<run id>)."),
-    spec: str = typer.Option(None, help="Train a RunSpec JSON file instead (other options ignored)."),
-    threads: int = typer.Option(1, help="torch CPU threads; 1 is fastest for tiny models on a busy box."),
-    nproc: int = typer.Option(None, help="Data-parallel processes on this node (torchrun); batch size is per "
-                              "process. Default: the spec's nproc_per_node, else 1."),
+    model: Annotated[str | None, typer.Option(help=f"Model config name (see model/config.py); {_QUICK}.")] = None,
+    mu_rec: Annotated[int | None, typer.Option(help="Mean recurrence (ignored for transformer-* configs); "
+                                                    f"{_QUICK}.")] = None,
+    budget_flops: Annotated[float | None, typer.Option(help="FLOP budget; tokens = budget / FLOPs-per-token; "
+                                                            f"{_QUICK}.")] = None,
+    tokens: Annotated[int | None, typer.Option(help="Train this many tokens instead of a FLOP budget.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per micro-batch.")] = _default(RunSpec, "batch_size"),
+    seq_len: Annotated[int | None, typer.Option(help=f"Context length; {_QUICK}.")] = None,
+    optimizer: Annotated[OptimizerName, typer.Option(help="AdamW, or Muon on matrices + AdamW.")
+                         ] = _default(OptimizerSpec, "name"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _default(OptimizerSpec, "lr"),
+    seed: Annotated[int, typer.Option(help="Seed for init, batches and depths.")] = _default(RunSpec, "seed"),
+    tokenizer: Annotated[TokenizerKind, typer.Option(help="Bytes, or BPE trained locally on the corpus.")
+                         ] = _default(DataSpec, "tokenizer"),
+    eval_tokens: Annotated[int, typer.Option(help="Validation tokens per evaluated recurrence.")
+                           ] = _default(RunSpec, "eval_tokens"),
+    output_dir: Annotated[str | None, typer.Option(help="Run directory (default runs/train-one-<run id>).")] = None,
+    spec: Annotated[str | None, typer.Option(help="Train a RunSpec JSON file instead (other options ignored).")
+                    ] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads; 1 is fastest for tiny models on a busy box.")] = 1,
+    nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this node (torchrun); batch size is "
+                                                   "per process. Default: the spec's nproc_per_node, else 1.")
+                     ] = None,
 ) -> None:
     """Train one run end to end (default: a tiny Parcae on the embedded corpus) and print its summary."""
     import json
 
     import torch
 
-    from parcae_scaling.model.run_spec import RunSpec
     from parcae_scaling.sweeps.train_one import train_one, train_one_spec
 
     torch.set_num_threads(threads)
     if spec:
         run = RunSpec.from_file(spec)
+        if nproc is not None:
+            run = run.replace(nproc_per_node=nproc)
     else:
-        run = train_one_spec(model=model, mu_rec=mu_rec, budget_flops=budget_flops,
-                             tokens=tokens, batch_size=batch_size, seq_len=seq_len, optimizer=optimizer,
-                             lr=lr, seed=seed, tokenizer=tokenizer, eval_tokens=eval_tokens,
-                             output_dir=output_dir, nproc_per_node=1 if nproc is None else nproc)
-    if spec and nproc is not None:
-        run = run.replace(nproc_per_node=nproc)
+        given = {"model": model, "mu_rec": mu_rec, "budget_flops": budget_flops, "seq_len": seq_len}
+        run = train_one_spec(**{k: v for k, v in given.items() if v is not None}, tokens=tokens,
+                             batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, tokenizer=tokenizer,
+                             eval_tokens=eval_tokens, output_dir=output_dir, nproc_per_node=nproc)
     if run.world_size > 1:
         from parcae_scaling.sweeps.ranks import launch_local
 
@@ -113,8 +164,9 @@ def train_one_command(
 
 @sweep_app.command("configs")
 def configs_command(
-    convention: str = typer.Option("reference", help="FLOP convention: reference | exact."),
-    contains: str = typer.Option("", help="Only configs whose name contains this text."),
+    convention: Annotated[FlopConvention, typer.Option(help="FLOP convention (model/flops.py).")
+                          ] = _default(RunSpec, "flop_convention"),
+    contains: Annotated[str, typer.Option(help="Only configs whose name contains this text.")] = "",
 ) -> None:
     """List the named model configs with parameter counts and FLOPs per token."""
     from rich.console import Console
@@ -133,11 +185,12 @@ def configs_command(
 
 @sweep_app.command("flops")
 def flops_command(
-    name: str = typer.Argument(..., help="Model config name, e.g. parcae-small-140m."),
-    mu_rec: int = typer.Option(None, help="Mean recurrence (default: the config's)."),
-    mu_bwd: int = typer.Option(None, help="Backprop depth (default: ceil(mu_rec / 2))."),
-    seq_len: int = typer.Option(None, help="Context length for attention FLOPs (default: the config's)."),
-    budget: float = typer.Option(None, help="Also print the tokens this FLOP budget buys."),
+    name: Annotated[str, typer.Argument(help="Model config name, e.g. parcae-small-140m.")],
+    mu_rec: Annotated[int | None, typer.Option(help="Mean recurrence (default: the config's).")] = None,
+    mu_bwd: Annotated[int | None, typer.Option(help="Backprop depth (default: ceil(mu_rec / 2)).")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Context length for attention FLOPs (default: the config's).")
+                       ] = None,
+    budget: Annotated[float | None, typer.Option(help="Also print the tokens this FLOP budget buys.")] = None,
 ) -> None:
     """FLOPs per token of one config under every convention (and tokens for a budget)."""
     from parcae_scaling.model import get_config
@@ -152,12 +205,22 @@ def flops_command(
 
 
 # ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
-_SPEC = typer.Argument(None, help="Sweep spec (.yaml/.toml) or a built-in name; default: the built-in 'default'.")
-_STORE_URL = typer.Option("sqlite:///parcae.sqlite", "--store", help="Store URL (SQLite file or PostgreSQL).")
-_BACKEND = typer.Option("local", "--backend", help="local | submitit | ray")
-_DETACH = typer.Option(False, "--detach", help="Return after submission (local, submitit).")
-_HEARTBEAT = typer.Option(10.0, "--heartbeat", help="Worker heartbeat interval (s).")
-_STALE = typer.Option(120.0, "--stale-after", help="A running run with no heartbeat for this long is lost (s).")
+DEFAULT_STORE = "sqlite:///parcae.sqlite"
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 120.0
+_SPEC = Annotated[str | None, typer.Argument(help="Sweep spec (.yaml/.toml) or a built-in name; default: the "
+                                                 "built-in 'default'.")]
+_STORE_URL = Annotated[str, typer.Option("--store", help="Store URL (SQLite file or PostgreSQL).")]
+_BACKEND = typer.Option("--backend", help="Where the runs go (sweeps/backend.py).")  # choices: _backend_names()
+_DETACH = Annotated[bool, typer.Option("--detach", help="Return after submission (local, submitit).")]
+_HEARTBEAT = Annotated[float, typer.Option("--heartbeat", help="Worker heartbeat interval (s).")]
+_STALE = Annotated[float, typer.Option("--stale-after", help="A running run with no heartbeat for this long is "
+                                                             "lost (s).")]
+_BUDGET_HOURS = Annotated[float | None, typer.Option("--budget-hours", help="Refuse plans over this many "
+                                                                            "device-hours.")]
+_ALLOW_DRIFT = Annotated[bool, typer.Option("--allow-drift", help="Accept a changed spec for a recorded sweep.")]
+_PARTITION = Annotated[str | None, typer.Option("--partition", help="SLURM partition (submitit).")]
+_ADDRESS = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: start one).")]
 
 
 def _sweep_backend(name: str, partition: str | None = None, address: str | None = None):  # noqa: ANN202
@@ -179,11 +242,12 @@ def _open_store(url: str, *, write: bool, create: bool = False):  # noqa: ANN202
 
 
 @sweep_app.command("plan")
-def plan_command(spec: str = _SPEC,
-                 budget_hours: float = typer.Option(None, "--budget-hours",
-                                                    help="Refuse plans over this many device-hours."),
-                 all_rows: bool = typer.Option(False, "--all", help="Print every run (default: the first and last "
-                                               "runs of a large plan, and the totals).")) -> None:
+def plan_command(
+    spec: _SPEC = None,
+    budget_hours: _BUDGET_HOURS = None,
+    all_rows: Annotated[bool, typer.Option("--all", help="Print every run (default: the first and last runs of a "
+                                                         "large plan, and the totals).")] = False,
+) -> None:
     """Validate a sweep spec and print its runs, costs and flagged problems (writes nothing)."""
     from rich.console import Console
 
@@ -204,18 +268,21 @@ def _interrupted(sweep: str, store: str) -> NoReturn:
 
 
 @sweep_app.command("launch")
-def launch_command(spec: str = _SPEC,
-                   default: bool = typer.Option(False, "--default", help="Launch the built-in default sweep."),
-                   store: str = _STORE_URL, backend: str = _BACKEND, detach: bool = _DETACH,
-                   allow_drift: bool = typer.Option(False, "--allow-drift",
-                                                    help="Accept a changed spec for a recorded sweep."),
-                   budget_hours: float = typer.Option(None, "--budget-hours",
-                                                      help="Refuse plans over this many device-hours."),
-                   max_concurrent: int = typer.Option(None, "--max-concurrent", min=1,
-                                                      help="Override resources.max_concurrent."),
-                   partition: str = typer.Option(None, "--partition", help="SLURM partition (submitit)."),
-                   address: str = typer.Option(None, "--address", help="Ray cluster address (default: start one)."),
-                   heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
+def launch_command(
+    spec: _SPEC = None,
+    default: Annotated[bool, typer.Option("--default", help="Launch the built-in default sweep.")] = False,
+    store: _STORE_URL = DEFAULT_STORE,
+    backend: Annotated[_backend_names(), _BACKEND] = "local",
+    detach: _DETACH = False,
+    allow_drift: _ALLOW_DRIFT = False,
+    budget_hours: _BUDGET_HOURS = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
+                                                       help="Override resources.max_concurrent.")] = None,
+    partition: _PARTITION = None,
+    address: _ADDRESS = None,
+    heartbeat: _HEARTBEAT = HEARTBEAT_S,
+    stale_after: _STALE = STALE_AFTER_S,
+) -> None:
     """Record a sweep in the store and dispatch every run not yet done (safe to repeat)."""
     import dataclasses
 
@@ -242,9 +309,12 @@ def launch_command(spec: str = _SPEC,
 
 
 @sweep_app.command("status")
-def status_command(sweep: str = typer.Argument(None, help="Sweep name (default: all sweeps)."), store: str = _STORE_URL,
-                   watch: float = typer.Option(0.0, "--watch", help="Refresh every N seconds (live view)."),
-                   stale_after: float = _STALE) -> None:
+def status_command(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: all sweeps).")] = None,
+    store: _STORE_URL = DEFAULT_STORE,
+    watch: Annotated[float, typer.Option("--watch", help="Refresh every N seconds (live view).")] = 0.0,
+    stale_after: _STALE = STALE_AFTER_S,
+) -> None:
     """Runs by state with progress, last loss and failure kind; stale heartbeats become node_lost."""
     import time
 
@@ -271,14 +341,21 @@ def status_command(sweep: str = typer.Argument(None, help="Sweep name (default: 
 
 
 @sweep_app.command("resume")
-def resume_command(sweep: str = typer.Argument("default", help="Sweep name in the store."), store: str = _STORE_URL,
-                   backend: str = _BACKEND, detach: bool = _DETACH,
-                   include_failed: bool = typer.Option(False, "--include-failed",
-                                                       help="Also retry oom/error/cancelled runs."),
-                   spec: str = typer.Option(None, "--spec", help="Check (and with --allow-drift, apply) this spec."),
-                   allow_drift: bool = typer.Option(False, "--allow-drift", help="Accept a changed spec."),
-                   partition: str = typer.Option(None, "--partition"), address: str = typer.Option(None, "--address"),
-                   heartbeat: float = _HEARTBEAT, stale_after: float = _STALE) -> None:
+def resume_command(
+    sweep: Annotated[str, typer.Argument(help="Sweep name in the store.")] = "default",
+    store: _STORE_URL = DEFAULT_STORE,
+    backend: Annotated[_backend_names(), _BACKEND] = "local",
+    detach: _DETACH = False,
+    include_failed: Annotated[bool, typer.Option("--include-failed",
+                                                 help="Also retry oom/error/cancelled runs.")] = False,
+    spec: Annotated[str | None, typer.Option("--spec", help="Check (and with --allow-drift, apply) this spec.")
+                    ] = None,
+    allow_drift: _ALLOW_DRIFT = False,
+    partition: _PARTITION = None,
+    address: _ADDRESS = None,
+    heartbeat: _HEARTBEAT = HEARTBEAT_S,
+    stale_after: _STALE = STALE_AFTER_S,
+) -> None:
     """Re-dispatch lost, preempted and retryable failed runs from their checkpoints."""
     from parcae_scaling.sweeps import load_spec, resume
 
@@ -296,9 +373,12 @@ def resume_command(sweep: str = typer.Argument("default", help="Sweep name in th
 
 
 @sweep_app.command("cancel")
-def cancel_command(sweep: str = typer.Argument(None, help="Sweep name."), store: str = _STORE_URL,
-                   run: list[str] = typer.Option(None, "--run", help="Only these run ids."),
-                   all_sweeps: bool = typer.Option(False, "--all", help="Every live run of every sweep.")) -> None:
+def cancel_command(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name.")] = None,
+    store: _STORE_URL = DEFAULT_STORE,
+    run: Annotated[list[str] | None, typer.Option("--run", help="Only these run ids.")] = None,
+    all_sweeps: Annotated[bool, typer.Option("--all", help="Every live run of every sweep.")] = False,
+) -> None:
     """Cancel live runs (they stay resumable with `resume --include-failed`)."""
     from parcae_scaling.sweeps import cancel
 
@@ -312,43 +392,66 @@ def cancel_command(sweep: str = typer.Argument(None, help="Sweep name."), store:
     typer.echo(f"cancelled {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
 
 
-# ---- parcae-fit ---------------------------------------------------------------------------
-from pathlib import Path as _Path  # noqa: E402
-from typing import Annotated as _Ann, Optional as _Opt  # noqa: E402
+# ---- parcae-fit isoflop | parametric | test-time | frontier | report (library: scaling/) --------
+DEFAULT_BOOTSTRAP = 200
+_CSV = Annotated[Path | None, typer.Argument(help="results CSV (run table; see scaling/data.py)")]
+_STORE = Annotated[str | None, typer.Option("--store", help="store URL (instead of a CSV)")]
+_SWEEP = Annotated[str | None, typer.Option("--sweep", help="sweep name in the store")]
+_OUT = Annotated[Path, typer.Option("--out", help="output folder for JSON and figures")]
+_MODEL = Annotated[str | None, typer.Option("--model", help="model size to fit when the table holds several")]
+_BOOT = Annotated[int, typer.Option("--bootstrap", min=0, help="bootstrap resamples (0 = none)")]
+_EFF = typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or a column "
+                                               "(--params-column)")  # choices: _effective_params_modes()
+_NC = Annotated[float | None, typer.Option("--non-core", help="non-core params (else column non_core_params)")]
+_CORE = Annotated[float | None, typer.Option("--core", help="core params (else column core_params)")]
+_PCOL = Annotated[str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]
 
-_CSV = _Ann[_Opt[_Path], typer.Argument(help="results CSV (run table; see scaling/data.py)")]
-_STORE = _Ann[_Opt[str], typer.Option("--store", help="store URL (instead of a CSV)")]
-_SWEEP = _Ann[_Opt[str], typer.Option("--sweep", help="sweep name in the store")]
-_OUT = _Ann[_Path, typer.Option("--out", help="output folder for JSON and figures")]
-_MODEL = _Ann[_Opt[str], typer.Option("--model", help="model size to fit when the table holds several")]
-_BOOT = _Ann[int, typer.Option("--bootstrap", min=0, help="bootstrap resamples (0 = none)")]
-_EFF = _Ann[str, typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or 'column'")]
-_NC = _Ann[_Opt[float], typer.Option("--non-core", help="non-core params (else column non_core_params)")]
-_CORE = _Ann[_Opt[float], typer.Option("--core", help="core params (else column core_params)")]
-_PCOL = _Ann[str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]
+
+def _echo_frontier(fit: Any, front: Any) -> None:
+    """The fitted law, then about six points of its compute-optimal frontier."""
+    typer.echo(fit.summary())
+    for p in front.points[:: max(1, len(front.points) // 6)]:
+        tag = " (extrapolated)" if p.extrapolated else ""
+        typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
+                   f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
 
 
 @fit_app.command("isoflop")
-def fit_isoflop_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
-                        model: _MODEL = None, bootstrap: _BOOT = 200,
-                        x: _Ann[str, typer.Option(help="parabola variable: "
-                                                  "mu_rec, tokens or params")] = "mu_rec") -> None:
+def fit_isoflop_command(
+    csv: _CSV = None,
+    store: _STORE = None,
+    sweep: _SWEEP = None,
+    out: _OUT = Path("fits"),
+    model: _MODEL = None,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    x: Annotated[_isoflop_x(), typer.Option(help="parabola variable")] = "mu_rec",
+) -> None:
     """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
-    from parcae_scaling.scaling.report.cli_support import looped_runs, read_input
     from parcae_scaling.scaling.report.analyses import run_isoflop
+    from parcae_scaling.scaling.report.cli_support import looped_runs, read_input
+
     df, source = read_input(csv, store, sweep, model=model)
     typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
 
 
 @fit_app.command("parametric")
-def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
-                           model: _MODEL = None, bootstrap: _BOOT = 200,
-                           law: _Ann[str, typer.Option(help="parcae or chinchilla")] = "parcae",
-                           eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
-                           params_column: _PCOL = "params_effective") -> None:
+def fit_parametric_command(
+    csv: _CSV = None,
+    store: _STORE = None,
+    sweep: _SWEEP = None,
+    out: _OUT = Path("fits"),
+    model: _MODEL = None,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    law: Annotated[_parametric_laws(), typer.Option(help="law to fit (scaling/laws.py)")] = "parcae",
+    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
+    non_core: _NC = None,
+    core: _CORE = None,
+    params_column: _PCOL = "params_effective",
+) -> None:
     """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
-    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
     from parcae_scaling.scaling.report.analyses import run_parametric
+    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
+
     df, source = read_input(csv, store, sweep, model=model)
     fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
                                 effective_params=effective_params(eff, non_core, core, params_column))
@@ -358,63 +461,84 @@ def fit_parametric_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP
 
 
 @fit_app.command("test-time")
-def fit_test_time_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
-                          model: _MODEL = None) -> None:
+def fit_test_time_command(
+    csv: _CSV = None,
+    store: _STORE = None,
+    sweep: _SWEEP = None,
+    out: _OUT = Path("fits"),
+    model: _MODEL = None,
+) -> None:
     """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
-    from parcae_scaling.scaling.report.cli_support import read_input
     from parcae_scaling.scaling.report.analyses import run_test_time
+    from parcae_scaling.scaling.report.cli_support import read_input
+
     df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
     typer.echo(run_test_time(df, out).summary())
 
 
 @fit_app.command("frontier")
-def fit_frontier_command(csv: _CSV = None, store: _STORE = None, sweep: _SWEEP = None, out: _OUT = _Path("fits"),
-                         model: _MODEL = None, bootstrap: _BOOT = 200, eff: _EFF = "unrolled",
-                         non_core: _NC = None, core: _CORE = None, params_column: _PCOL = "params_effective") -> None:
+def fit_frontier_command(
+    csv: _CSV = None,
+    store: _STORE = None,
+    sweep: _SWEEP = None,
+    out: _OUT = Path("fits"),
+    model: _MODEL = None,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
+    non_core: _NC = None,
+    core: _CORE = None,
+    params_column: _PCOL = "params_effective",
+) -> None:
     """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
-    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
     from parcae_scaling.scaling.report.analyses import run_frontier, run_parametric
+    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
+
     df, source = read_input(csv, store, sweep, model=model)
     e = effective_params(eff, non_core, core, params_column)
     fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
-    typer.echo(fit.summary())
-    front = run_frontier(looped_runs(df), fit, out, effective_params=e)
-    for p in front.points[:: max(1, len(front.points) // 6)]:
-        tag = " (extrapolated)" if p.extrapolated else ""
-        typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
-                   f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
+    _echo_frontier(fit, run_frontier(looped_runs(df), fit, out, effective_params=e))
 
 
 @fit_app.command("report")
-def fit_report_command(csv: _CSV = None, store: _STORE = None,
-                       sweep: _Ann[_Opt[str], typer.Option("--sweep",
-                                                           help="sweep name(s) in the store, comma-separated "
-                                                                "(several: each is fitted, stability is compared "
-                                                                "across them)")] = None,
-                       out: _OUT = _Path("fits"), model: _MODEL = None, bootstrap: _BOOT = 200,
-                       test_time_csv: _Ann[_Opt[_Path], typer.Option("--test-time-csv", help="test-time CSV")] = None,
-                       eff: _EFF = "unrolled", non_core: _NC = None, core: _CORE = None,
-                       params_column: _PCOL = "params_effective",
-                       html: _Ann[_Opt[_Path], typer.Option("--html", help="HTML report path (store input; "
-                                                                               "default OUT/report.html)")] = None,
-                       fits: _Ann[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, "
-                                                                              "stability only)")] = True) -> None:
+def fit_report_command(
+    csv: _CSV = None,
+    store: _STORE = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="sweep name(s) in the store, comma-separated "
+                                                              "(several: each is fitted, stability is compared "
+                                                              "across them)")] = None,
+    out: _OUT = Path("fits"),
+    model: _MODEL = None,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    test_time_csv: Annotated[Path | None, typer.Option("--test-time-csv", help="test-time CSV")] = None,
+    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
+    non_core: _NC = None,
+    core: _CORE = None,
+    params_column: _PCOL = "params_effective",
+    html: Annotated[Path | None, typer.Option("--html", help="HTML report path (store input; default "
+                                                             "OUT/report.html)")] = None,
+    fits: Annotated[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, stability only)")
+                    ] = True,
+) -> None:
     """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
     From a store also the plan, run statuses and training stability, in one self-contained HTML."""
+    from parcae_scaling.scaling.report.cli_support import csv_report, effective_params
+
+    e = effective_params(eff, non_core, core, params_column)
     if store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
-        fit_isoflop_command(csv, store, sweep, out, model, bootstrap)
-        fit_frontier_command(csv, store, sweep, out, model, bootstrap, eff, non_core, core, params_column)
-        if test_time_csv is not None:
-            fit_test_time_command(test_time_csv, None, sweep, out, model)
+        rep = csv_report(csv, out, model=model, n_bootstrap=bootstrap, effective_params=e,
+                         test_time_csv=test_time_csv)
+        typer.echo(rep.isoflop.summary())
+        _echo_frontier(rep.fit, rep.frontier)
+        if rep.test_time is not None:
+            typer.echo(rep.test_time.summary())
         return
-    from parcae_scaling.scaling.report.cli_support import effective_params
     from parcae_scaling.scaling.report.html import write_html
     from parcae_scaling.scaling.report.sweep_report import build_report
+
     if csv is not None or not sweep:
         raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
     rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
-                       n_bootstrap=bootstrap,
-                       effective_params=effective_params(eff, non_core, core, params_column), fits=fits)
+                       n_bootstrap=bootstrap, effective_params=e, fits=fits)
     for s in rep.sections:
         typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
         if s.summary:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import pandas as pd
 
 from parcae_scaling.scaling.data import load_csv
+from parcae_scaling.scaling.frontier import FrontierResult
+from parcae_scaling.scaling.isoflop import IsoFlopResult
 from parcae_scaling.scaling.report.store_tables import load_store
 from parcae_scaling.scaling.effective_params import ColumnParams, EffectiveParams, UnrolledParams
-from parcae_scaling.scaling.report.analyses import looped_runs, select_model
+from parcae_scaling.scaling.report.analyses import (
+    looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time, select_model,
+)
+from parcae_scaling.scaling.results import FitResult
+from parcae_scaling.scaling.testtime import TestTimeResult
+
+# The choices of the fit commands that are narrower than the library's registries (the CLI's --help
+# lists them): the laws of scaling/laws.py `LAWS` that `parametric` fits to a run table (the others
+# need test-time or x columns), and the effective-params modes of scaling/effective_params.py that
+# options can build (numbers or columns for "unrolled", one column for "column"; "table" and
+# "callable" take Python objects).
+ParametricLaw = Literal["parcae", "chinchilla"]
+EffectiveParamsMode = Literal["unrolled", "column"]
 
 
 def read_input(csv: Path | None, store: str | None, sweep: str | None, *, kind: str = "runs",
@@ -29,12 +45,40 @@ def read_input(csv: Path | None, store: str | None, sweep: str | None, *, kind: 
     return select_model(df, model), source
 
 
-def effective_params(kind: str, non_core: float | None, core: float | None, column: str) -> EffectiveParams:
+def effective_params(kind: EffectiveParamsMode, non_core: float | None, core: float | None,
+                     column: str) -> EffectiveParams:
     if kind == "unrolled":
         return UnrolledParams(non_core=non_core, core=core)
     if kind == "column":
         return ColumnParams(column=column)
-    raise ValueError(f"--effective-params {kind!r}: choose 'unrolled' or 'column'")
+    raise ValueError(f"--effective-params {kind!r}: choose one of {get_args(EffectiveParamsMode)}")
 
 
-__all__ = ["read_input", "effective_params", "looped_runs"]
+@dataclass(frozen=True, kw_only=True)
+class CsvReport:
+    """What `parcae-fit report` fits from CSV files (JSON and figures are in the output folder)."""
+
+    isoflop: IsoFlopResult
+    fit: FitResult  # the Parcae law, with the held-out check written beside it
+    frontier: FrontierResult
+    test_time: TestTimeResult | None  # None without a test-time CSV
+
+
+def csv_report(csv: Path | None, out_dir: Path, *, model: str | None = None, n_bootstrap: int = 200,
+               effective_params: EffectiveParams | None = None, test_time_csv: Path | None = None) -> CsvReport:
+    """The report from CSVs: isoFLOP, the Parcae law and its compute-optimal frontier, and test-time
+    fits when a test-time CSV is given. A CSV holds fit inputs only, so no plan, status or HTML."""
+    df, source = read_input(csv, None, None, model=model)
+    runs = looped_runs(df)
+    iso = run_isoflop(runs, out_dir, n_bootstrap=n_bootstrap, source=source)
+    fit, _ = run_parametric(runs, out_dir, n_bootstrap=n_bootstrap, source=source, effective_params=effective_params)
+    front = run_frontier(runs, fit, out_dir, effective_params=effective_params)
+    test_time = None
+    if test_time_csv is not None:
+        tt, _ = read_input(test_time_csv, None, None, kind="test_time", model=model)
+        test_time = run_test_time(tt, out_dir)
+    return CsvReport(isoflop=iso, fit=fit, frontier=front, test_time=test_time)
+
+
+__all__ = ["read_input", "effective_params", "looped_runs", "csv_report", "CsvReport", "ParametricLaw",
+           "EffectiveParamsMode"]
