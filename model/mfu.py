@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device is measured: the peak table serves planning too
+    import torch
 
 # Dense bf16 peak FLOP/s by marketing-name substring (first match wins: specific names first).
 GPU_PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -42,6 +44,8 @@ def gpu_peak_flops(device_name: str) -> float | None:
 @functools.lru_cache(maxsize=4)
 def measured_matmul_flops(device: str = "cpu", n: int = 512, repeats: int = 8) -> float:
     """Best observed fp32 n x n matmul FLOP/s on `device` (2 n^3 FLOPs per product)."""
+    import torch
+
     dev = torch.device(device)
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dev)
@@ -60,6 +64,8 @@ def measured_matmul_flops(device: str = "cpu", n: int = 512, repeats: int = 8) -
 
 def device_peak_flops(device: torch.device) -> tuple[float, str]:
     """(peak FLOP/s, where it came from) for the device a run trains on."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak_flops(name)
