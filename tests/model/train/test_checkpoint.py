@@ -23,15 +23,6 @@ from parcae_scaling.sweeps.writer import classify
 from parcae_testing import ListSink, tiny_run, write_bin_shards
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def parts(tmp_path: Path):
     run = tiny_run(tmp_path / "r", write_bin_shards(tmp_path / "d"))

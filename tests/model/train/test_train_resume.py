@@ -44,14 +44,6 @@ _CHILD = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
 

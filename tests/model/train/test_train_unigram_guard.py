@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from parcae_scaling.model.contracts import EvalRow, RunStatus
 from parcae_scaling.model.train.checkpoint import TrainProgress
@@ -17,15 +16,6 @@ from parcae_scaling.model.train.data import load_data
 from parcae_scaling.model.run_spec import OptimizerSpec
 from parcae_scaling.model.train.loop import SUMMARY_FILE, learned_nothing, train_run, unigram_baseline_nats
 from parcae_testing import ListSink, tiny_run, write_bin_shards
-
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_lr_1_learns_nothing_and_is_recorded_diverged(tmp_path: Path) -> None:
