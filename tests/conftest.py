@@ -85,3 +85,14 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             for r in p.runs:
                 execute_run(r.run, url)
     return {"url": url, "sweep": SWEEP, "ablation": [f"{ABLATION}-{inj}" for inj in INJECTIONS]}
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny models run fastest and bit-reproducibly that way."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-import torch
 
 from parcae_scaling.model.contracts import RunStatus
 from parcae_scaling.model.train.checkpoint import (
@@ -23,15 +22,8 @@ from parcae_scaling.sweeps.writer import classify
 from parcae_testing import ListSink, tiny_run, write_bin_shards
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

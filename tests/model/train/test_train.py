@@ -22,14 +22,6 @@ from parcae_testing import ListSink, tiny_run, write_bin_shards
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and bit-reproducible
-    yield
-    torch.set_num_threads(before)
-
-
 def test_trains_exactly_the_planned_tokens_and_flops(tmp_path: Path) -> None:
     data = write_bin_shards(tmp_path / "data")
     run = tiny_run(tmp_path / "run", data, tokens=4 * 32 * 5 + 100, eval_recurrences=(1, 3))
