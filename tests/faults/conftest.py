@@ -167,19 +167,22 @@ def assert_matches_reference(reference: Sweep) -> Callable[[Sweep], None]:
 
 
 def worker_pids(run_id: str) -> list[int]:
-    """Live worker processes of one run (from /proc: the worker's command line names the run)."""
-    pids = []
+    """Live worker processes of one run (from /proc: the worker's command line names the run).
+
+    A worker's own children are not counted: between fork and exec (torch.compile starting the
+    C++ compiler or its compile pool) a child still shows the worker's command line."""
+    found: dict[int, int] = {}  # pid -> parent pid
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+            fields = (proc / "stat").read_text().split(")")[-1].split()
         except OSError:
             continue
-        if b"parcae_scaling.sweeps.worker" in cmd and run_id.encode() in cmd and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+        if b"parcae_scaling.sweeps.worker" in cmd and run_id.encode() in cmd and fields[0] != "Z":
+            found[int(proc.name)] = int(fields[1])
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 @pytest.fixture
