@@ -1,4 +1,5 @@
-"""Command-line entry points: `parcae-sweep` and `parcae-fit`.
+"""Command-line entry point `parcae-sweep` (fit_cli.py holds `parcae-fit`), and the error boundary
+both apps share.
 
 Argument parsing and printing only; every command calls the library API. One declaration style:
 every option and argument is `Annotated[type, typer.Option/Argument(help=...)] = default`. Choices
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S
 from parcae_scaling.model.flops import FlopConvention
 from parcae_scaling.model.run_spec import DataSpec, OptimizerName, OptimizerSpec, RunSpec, TokenizerKind
 
@@ -47,32 +48,13 @@ class _ErrorBoundary(TyperGroup):
             _fail(err)
 
 
-# Choices defined in modules that import torch or pandas. The annotations below call these, and
-# Typer evaluates a command's annotations only when it builds that command's app (this module has
-# `from __future__ import annotations`), so importing cli.py stays cheap and each app imports only
-# its own library (when it is built: `--help` included).
+# Choices defined in modules that import torch. The annotations below call this, and Typer
+# evaluates a command's annotations only when it builds the app (this module has
+# `from __future__ import annotations`), so importing cli.py (as fit_cli.py does) stays cheap.
 def _backend_names() -> Any:
     from parcae_scaling.sweeps.backend import backend_names
 
     return Literal[tuple(backend_names())]
-
-
-def _parametric_laws() -> Any:
-    from parcae_scaling.scaling.report.cli_support import ParametricLaw
-
-    return ParametricLaw
-
-
-def _effective_params_modes() -> Any:
-    from parcae_scaling.scaling.report.cli_support import EffectiveParamsMode
-
-    return EffectiveParamsMode
-
-
-def _isoflop_x() -> Any:
-    from parcae_scaling.scaling.isoflop import XName
-
-    return XName
 
 
 def _default(spec_type: type, name: str) -> Any:
@@ -80,20 +62,12 @@ def _default(spec_type: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(spec_type) if f.name == name)
 
 
-sweep_app = typer.Typer(
-    name="parcae-sweep",
-    help="Plan, launch and track FLOP-matched sweeps of looped (Parcae) language models.",
-    no_args_is_help=True,
-    add_completion=False,
-    cls=_ErrorBoundary,
-)
-fit_app = typer.Typer(
-    name="parcae-fit",
-    help="Fit scaling laws to sweep results and draw publication figures.",
-    no_args_is_help=True,
-    add_completion=False,
-    cls=_ErrorBoundary,
-)
+def make_app(name: str, about: str) -> typer.Typer:
+    """An app with the shared error boundary that prints its help when called bare."""
+    return typer.Typer(name=name, help=about, no_args_is_help=True, add_completion=False, cls=_ErrorBoundary)
+
+
+sweep_app = make_app("parcae-sweep", "Plan, launch and track FLOP-matched sweeps of looped (Parcae) language models.")
 
 
 # ---- parcae-sweep train-one | configs | flops (library: model/, sweeps/train_one.py) ----------
@@ -206,8 +180,6 @@ def flops_command(
 
 # ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
 DEFAULT_STORE = "sqlite:///parcae.sqlite"
-HEARTBEAT_S = 10.0
-STALE_AFTER_S = 120.0
 _SPEC = Annotated[str | None, typer.Argument(help="Sweep spec (.yaml/.toml) or a built-in name; default: the "
                                                  "built-in 'default'.")]
 _STORE_URL = Annotated[str, typer.Option("--store", help="Store URL (SQLite file or PostgreSQL).")]
@@ -280,8 +252,8 @@ def launch_command(
                                                        help="Override resources.max_concurrent.")] = None,
     partition: _PARTITION = None,
     address: _ADDRESS = None,
-    heartbeat: _HEARTBEAT = HEARTBEAT_S,
-    stale_after: _STALE = STALE_AFTER_S,
+    heartbeat: _HEARTBEAT = DEFAULT_HEARTBEAT_S,
+    stale_after: _STALE = DEFAULT_STALE_AFTER_S,
 ) -> None:
     """Record a sweep in the store and dispatch every run not yet done (safe to repeat)."""
     import dataclasses
@@ -313,7 +285,7 @@ def status_command(
     sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: all sweeps).")] = None,
     store: _STORE_URL = DEFAULT_STORE,
     watch: Annotated[float, typer.Option("--watch", help="Refresh every N seconds (live view).")] = 0.0,
-    stale_after: _STALE = STALE_AFTER_S,
+    stale_after: _STALE = DEFAULT_STALE_AFTER_S,
 ) -> None:
     """Runs by state with progress, last loss and failure kind; stale heartbeats become node_lost."""
     import time
@@ -353,8 +325,8 @@ def resume_command(
     allow_drift: _ALLOW_DRIFT = False,
     partition: _PARTITION = None,
     address: _ADDRESS = None,
-    heartbeat: _HEARTBEAT = HEARTBEAT_S,
-    stale_after: _STALE = STALE_AFTER_S,
+    heartbeat: _HEARTBEAT = DEFAULT_HEARTBEAT_S,
+    stale_after: _STALE = DEFAULT_STALE_AFTER_S,
 ) -> None:
     """Re-dispatch lost, preempted and retryable failed runs from their checkpoints."""
     from parcae_scaling.sweeps import load_spec, resume
@@ -390,158 +362,3 @@ def cancel_command(
             st.require_sweep(sweep)
         ids = cancel(st, sweep, run_ids=run or None)
     typer.echo(f"cancelled {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
-
-
-# ---- parcae-fit isoflop | parametric | test-time | frontier | report (library: scaling/) --------
-DEFAULT_BOOTSTRAP = 200
-_CSV = Annotated[Path | None, typer.Argument(help="results CSV (run table; see scaling/data.py)")]
-_STORE = Annotated[str | None, typer.Option("--store", help="store URL (instead of a CSV)")]
-_SWEEP = Annotated[str | None, typer.Option("--sweep", help="sweep name in the store")]
-_OUT = Annotated[Path, typer.Option("--out", help="output folder for JSON and figures")]
-_MODEL = Annotated[str | None, typer.Option("--model", help="model size to fit when the table holds several")]
-_BOOT = Annotated[int, typer.Option("--bootstrap", min=0, help="bootstrap resamples (0 = none)")]
-_EFF = typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or a column "
-                                               "(--params-column)")  # choices: _effective_params_modes()
-_NC = Annotated[float | None, typer.Option("--non-core", help="non-core params (else column non_core_params)")]
-_CORE = Annotated[float | None, typer.Option("--core", help="core params (else column core_params)")]
-_PCOL = Annotated[str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]
-
-
-def _echo_frontier(fit: Any, front: Any) -> None:
-    """The fitted law, then about six points of its compute-optimal frontier."""
-    typer.echo(fit.summary())
-    for p in front.points[:: max(1, len(front.points) // 6)]:
-        tag = " (extrapolated)" if p.extrapolated else ""
-        typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
-                   f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
-
-
-@fit_app.command("isoflop")
-def fit_isoflop_command(
-    csv: _CSV = None,
-    store: _STORE = None,
-    sweep: _SWEEP = None,
-    out: _OUT = Path("fits"),
-    model: _MODEL = None,
-    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
-    x: Annotated[_isoflop_x(), typer.Option(help="parabola variable")] = "mu_rec",
-) -> None:
-    """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
-    from parcae_scaling.scaling.report.analyses import run_isoflop
-    from parcae_scaling.scaling.report.cli_support import looped_runs, read_input
-
-    df, source = read_input(csv, store, sweep, model=model)
-    typer.echo(run_isoflop(looped_runs(df), out, x=x, n_bootstrap=bootstrap, source=source).summary())
-
-
-@fit_app.command("parametric")
-def fit_parametric_command(
-    csv: _CSV = None,
-    store: _STORE = None,
-    sweep: _SWEEP = None,
-    out: _OUT = Path("fits"),
-    model: _MODEL = None,
-    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
-    law: Annotated[_parametric_laws(), typer.Option(help="law to fit (scaling/laws.py)")] = "parcae",
-    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
-    non_core: _NC = None,
-    core: _CORE = None,
-    params_column: _PCOL = "params_effective",
-) -> None:
-    """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
-    from parcae_scaling.scaling.report.analyses import run_parametric
-    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
-
-    df, source = read_input(csv, store, sweep, model=model)
-    fit, extra = run_parametric(looped_runs(df), out, law_name=law, n_bootstrap=bootstrap, source=source,
-                                effective_params=effective_params(eff, non_core, core, params_column))
-    typer.echo(fit.summary())
-    if "holdout" in extra:
-        typer.echo("  " + extra["holdout"]["summary"])
-
-
-@fit_app.command("test-time")
-def fit_test_time_command(
-    csv: _CSV = None,
-    store: _STORE = None,
-    sweep: _SWEEP = None,
-    out: _OUT = Path("fits"),
-    model: _MODEL = None,
-) -> None:
-    """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
-    from parcae_scaling.scaling.report.analyses import run_test_time
-    from parcae_scaling.scaling.report.cli_support import read_input
-
-    df, _ = read_input(csv, store, sweep, kind="test_time", model=model)
-    typer.echo(run_test_time(df, out).summary())
-
-
-@fit_app.command("frontier")
-def fit_frontier_command(
-    csv: _CSV = None,
-    store: _STORE = None,
-    sweep: _SWEEP = None,
-    out: _OUT = Path("fits"),
-    model: _MODEL = None,
-    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
-    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
-    non_core: _NC = None,
-    core: _CORE = None,
-    params_column: _PCOL = "params_effective",
-) -> None:
-    """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
-    from parcae_scaling.scaling.report.analyses import run_frontier, run_parametric
-    from parcae_scaling.scaling.report.cli_support import effective_params, looped_runs, read_input
-
-    df, source = read_input(csv, store, sweep, model=model)
-    e = effective_params(eff, non_core, core, params_column)
-    fit, _ = run_parametric(looped_runs(df), out, n_bootstrap=bootstrap, source=source, effective_params=e)
-    _echo_frontier(fit, run_frontier(looped_runs(df), fit, out, effective_params=e))
-
-
-@fit_app.command("report")
-def fit_report_command(
-    csv: _CSV = None,
-    store: _STORE = None,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="sweep name(s) in the store, comma-separated "
-                                                              "(several: each is fitted, stability is compared "
-                                                              "across them)")] = None,
-    out: _OUT = Path("fits"),
-    model: _MODEL = None,
-    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
-    test_time_csv: Annotated[Path | None, typer.Option("--test-time-csv", help="test-time CSV")] = None,
-    eff: Annotated[_effective_params_modes(), _EFF] = "unrolled",
-    non_core: _NC = None,
-    core: _CORE = None,
-    params_column: _PCOL = "params_effective",
-    html: Annotated[Path | None, typer.Option("--html", help="HTML report path (store input; default "
-                                                             "OUT/report.html)")] = None,
-    fits: Annotated[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, stability only)")
-                    ] = True,
-) -> None:
-    """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
-    From a store also the plan, run statuses and training stability, in one self-contained HTML."""
-    from parcae_scaling.scaling.report.cli_support import csv_report, effective_params
-
-    e = effective_params(eff, non_core, core, params_column)
-    if store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
-        rep = csv_report(csv, out, model=model, n_bootstrap=bootstrap, effective_params=e,
-                         test_time_csv=test_time_csv)
-        typer.echo(rep.isoflop.summary())
-        _echo_frontier(rep.fit, rep.frontier)
-        if rep.test_time is not None:
-            typer.echo(rep.test_time.summary())
-        return
-    from parcae_scaling.scaling.report.html import write_html
-    from parcae_scaling.scaling.report.sweep_report import build_report
-
-    if csv is not None or not sweep:
-        raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
-    rep = build_report(store, [s.strip() for s in sweep.split(",") if s.strip()], out, model=model,
-                       n_bootstrap=bootstrap, effective_params=e, fits=fits)
-    for s in rep.sections:
-        typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
-        if s.summary:
-            typer.echo("  " + s.summary.replace("\n", "\n  "))
-    path = write_html(rep, html or out / "report.html")
-    typer.echo(f"report: {path} ({len(rep.figures)} figures; PNG and PDF under {out})")

@@ -36,8 +36,8 @@ print(json.dumps({"start": t0, "end": time.time()}))
 def _record(store: Store, run_ids: list[str]) -> None:
     store.record_sweep("bench", {"bench": "store_throughput"})
     store.record_runs([
-        RunRecord(run_id=r, sweep="bench", spec={"id": r}, model_family="parcae", model_size="tiny",
-                  params_total=1000, params_non_embedding=500, mu_rec=2, mu_bwd=1, budget_flops=1e12,
+        RunRecord(run_id=r, sweep="bench", spec={"id": r}, arch="parcae", model="tiny",
+                  params=1000, params_non_embedding=500, mu_rec=2, mu_bwd=1, budget_flops=1e12,
                   flop_convention="reference", flops_per_token=1e6, tokens=1_000_000)
         for r in run_ids
     ])

@@ -2,8 +2,8 @@
 
 from parcae_scaling.db.engine import DEFAULT_URL
 from parcae_scaling.db.errors import (
-    NoStoreError, SchemaError, StoreError, StoreUnavailableError, UnknownRunError, UnknownSweepError,
-    UnsafeFilesystemError,
+    NoStoreError, SchemaError, StoreError, StoreUnavailableError, Superseded, UnknownRunError,
+    UnknownSweepError, UnsafeFilesystemError,
 )
 from parcae_scaling.db.files import RunDirSink, read_run_dir
 from parcae_scaling.db.records import IngestReport, RunRecord
@@ -13,6 +13,6 @@ from parcae_scaling.db.store_sink import StoreSink
 
 __all__ = [
     "DEFAULT_URL", "EvalRow", "IngestReport", "MetricsSink", "NoStoreError", "RunDirSink", "RunRecord", "RunStatus",
-    "SchemaError", "Store", "StoreError", "StoreSink", "StoreUnavailableError", "UnknownRunError",
+    "SchemaError", "Store", "StoreError", "StoreSink", "StoreUnavailableError", "Superseded", "UnknownRunError",
     "UnknownSweepError", "UnsafeFilesystemError", "read_run_dir",
 ]

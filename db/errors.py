@@ -32,6 +32,12 @@ class StoreUnavailableError(StoreError):
     failure_kind = FailureKind.NODE_LOST.value  # read by the worker's classify(): resume re-dispatches the run
 
 
+class Superseded(BaseException):
+    """A fenced write (`if_attempt=`) of an attempt that is no longer the run's current one (the
+    run was claimed again): refused, and its writer must stop. A BaseException, so no
+    `except Exception` in the training loop swallows it."""
+
+
 class UnknownSweepError(StoreError, ValueError):
     """A sweep name the store has not recorded (a typo, or the wrong store)."""
 

@@ -20,14 +20,15 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 from parcae_scaling.model.contracts import EvalRow, RunStatus
 
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 STATUS_FILE = "status.jsonl"
-RUN_DIR_FILES = (METRICS_FILE, EVALS_FILE, STATUS_FILE)
+PROVENANCE_FILE = "provenance.jsonl"  # one record per (re)start of the run
+RUN_DIR_FILES = (METRICS_FILE, EVALS_FILE, STATUS_FILE, PROVENANCE_FILE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,7 @@ class RunDirContents:
     metrics: list[tuple[str, int, str, float]]  # (run_id, step, name, value)
     evals: list[tuple[str, EvalRow]]
     statuses: list[StatusEvent]
+    provenance: list[tuple[str, dict[str, Any]]]  # (run_id, record) per (re)start, oldest first
 
 
 def _repair_tail(path: Path) -> None:
@@ -112,6 +114,10 @@ class RunDirSink:
                     "tokens": int(row.tokens),
                 },
             )
+
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self._write(PROVENANCE_FILE, {"run": run_id, "provenance": dict(record)})
+        self.flush()
 
     def update_status(
         self, run_id: str, status: RunStatus, *, step: int | None = None, message: str | None = None
@@ -207,4 +213,9 @@ def read_run_dir(run_dir: str | os.PathLike[str]) -> RunDirContents:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{root / STATUS_FILE}:{lineno} is not a valid status record: {exc}") from exc
-    return RunDirContents(metrics=metrics, evals=evals, statuses=statuses)
+    provenance: list[tuple[str, dict[str, Any]]] = []
+    for lineno, rec in _complete_lines(root / PROVENANCE_FILE):
+        if rec.get("run") is None or not isinstance(rec.get("provenance"), dict):
+            raise ValueError(f"{root / PROVENANCE_FILE}:{lineno} lacks run/provenance: {rec!r}")
+        provenance.append((str(rec["run"]), rec["provenance"]))
+    return RunDirContents(metrics=metrics, evals=evals, statuses=statuses, provenance=provenance)

@@ -15,12 +15,17 @@ from parcae_scaling.db.errors import UnknownSweepError
 from parcae_scaling.db.schema import Eval, Fit, Metric, Run, Sweep
 from parcae_scaling.model.contracts import RunStatus
 
-# Column name -> pandas dtype, per query.
+# Column name -> pandas dtype, per query. Every frame speaks the fit tables' vocabulary
+# (scaling/data.py: arch, model, params, core_params, non_core_params); the SQL columns keep their
+# recorded names (db/schema.py) and are mapped onto it here, once (_SIZE_SELECT).
+_SIZE_COLUMNS: dict[str, str] = {
+    "arch": "object", "model": "object", "params": "int64", "params_non_embedding": "int64",
+    "core_params": "Int64", "non_core_params": "float64",
+}
 _RUN_COLUMNS: dict[str, str] = {
-    "run_id": "object", "sweep": "object", "model_family": "object", "model_size": "object",
-    "params_total": "int64", "params_non_embedding": "int64", "params_core": "Int64",
-    "mu_rec": "int64", "mu_bwd": "int64", "budget_flops": "float64", "flop_convention": "object",
-    "flops_per_token": "float64", "tokens": "int64", "status": "object",
+    "run_id": "object", "sweep": "object", **_SIZE_COLUMNS, "mu_rec": "int64", "mu_bwd": "int64",
+    "budget_flops": "float64", "flop_convention": "object", "flops_per_token": "float64",
+    "tokens": "int64", "status": "object",
 }
 RUNS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "status_step": "Int64", "backend": "object", "job_id": "object",
@@ -32,16 +37,12 @@ FINAL_LOSS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "final_step": "Int64", "train_loss": "float64", "eval_loss": "float64",
 }
 ISOFLOP_COLUMNS: dict[str, str] = {
-    "run_id": "object", "model_family": "object", "model_size": "object", "budget_flops": "float64",
-    "mu_rec": "int64", "mu_bwd": "int64", "tokens": "int64", "params_total": "int64",
-    "params_non_embedding": "int64", "params_core": "Int64", "flops_per_token": "float64",
-    "flop_convention": "object", "loss": "float64",
+    "run_id": "object", **_SIZE_COLUMNS, "budget_flops": "float64", "mu_rec": "int64", "mu_bwd": "int64",
+    "tokens": "int64", "flops_per_token": "float64", "flop_convention": "object", "loss": "float64",
 }
 TEST_TIME_COLUMNS: dict[str, str] = {
-    "run_id": "object", "model_family": "object", "model_size": "object", "mu_rec": "int64",
-    "mu_bwd": "int64", "budget_flops": "float64", "tokens": "int64", "params_total": "int64",
-    "params_non_embedding": "int64", "params_core": "Int64", "flop_convention": "object",
-    "recurrence": "int64", "loss": "float64",
+    "run_id": "object", **_SIZE_COLUMNS, "mu_rec": "int64", "mu_bwd": "int64", "budget_flops": "float64",
+    "tokens": "int64", "flop_convention": "object", "recurrence": "int64", "loss": "float64",
 }
 HISTORY_COLUMNS: dict[str, str] = {"run_id": "object", "step": "int64", "name": "object", "value": "float64"}
 FITS_COLUMNS: dict[str, str] = {
@@ -50,9 +51,13 @@ FITS_COLUMNS: dict[str, str] = {
     "uncertainties": "object",
 }
 
+_SIZE_SELECT = [
+    Run.model_family.label("arch"), Run.model_size.label("model"), Run.params_total.label("params"),
+    Run.params_non_embedding, Run.params_core.label("core_params"),
+    (Run.params_non_embedding - Run.params_core).label("non_core_params"),
+]
 _RUN_SELECT = [
-    Run.id.label("run_id"), Run.sweep, Run.model_family, Run.model_size, Run.params_total,
-    Run.params_non_embedding, Run.params_core, Run.mu_rec, Run.mu_bwd, Run.budget_flops,
+    Run.id.label("run_id"), Run.sweep, *_SIZE_SELECT, Run.mu_rec, Run.mu_bwd, Run.budget_flops,
     Run.flop_convention, Run.flops_per_token, Run.tokens, Run.status,
 ]
 
@@ -110,6 +115,14 @@ class StoreQueries:
             raise UnknownSweepError(f"sweep {sweep!r} is not recorded in {where}; recorded sweeps: "
                                     f"{', '.join(names) if names else 'none (launch records one)'}")
 
+    def run_provenance(self, run_id: str) -> dict[str, Any] | None:
+        """What the run's latest (re)start ran on (model/train/provenance.py); None before it started."""
+        with self._read() as conn:
+            row = conn.execute(select(Run.provenance).where(Run.id == run_id)).first()
+        if row is None:
+            raise KeyError(f"run {run_id!r} is not recorded; list runs with Store.runs(sweep)")
+        return row[0]
+
     def run_spec(self, run_id: str) -> dict[str, Any]:
         """The full resolved spec a run was recorded with."""
         with self._read() as conn:
@@ -139,34 +152,32 @@ class StoreQueries:
         )
         return self._frame(stmt, FINAL_LOSS_COLUMNS)
 
-    def isoflop_table(self, sweep: str, *, split: str = "val", model_size: str | None = None) -> pd.DataFrame:
+    def isoflop_table(self, sweep: str, *, split: str = "val", model: str | None = None) -> pd.DataFrame:
         """Succeeded runs with their eval loss at T = mu_rec: the input of isoFLOP and
-        parametric fits. Runs without that eval are left out (they have no loss to fit)."""
+        parametric fits (scaling/data.py's columns). Runs without that eval are left out."""
         stmt = (
-            select(Run.id.label("run_id"), Run.model_family, Run.model_size, Run.budget_flops,
-                   Run.mu_rec, Run.mu_bwd, Run.tokens, Run.params_total, Run.params_non_embedding,
-                   Run.params_core, Run.flops_per_token, Run.flop_convention, Eval.loss)
+            select(Run.id.label("run_id"), *_SIZE_SELECT, Run.budget_flops, Run.mu_rec, Run.mu_bwd, Run.tokens,
+                   Run.flops_per_token, Run.flop_convention, Eval.loss)
             .join(Eval, and_(Eval.run_id == Run.id, Eval.recurrence == Run.mu_rec, Eval.split == split))
             .where(Run.sweep == sweep, Run.status == RunStatus.SUCCEEDED.value)
             .order_by(Run.model_size, Run.budget_flops, Run.mu_rec, Run.id)
         )
-        if model_size is not None:
-            stmt = stmt.where(Run.model_size == model_size)
+        if model is not None:
+            stmt = stmt.where(Run.model_size == model)
         return self._frame(stmt, ISOFLOP_COLUMNS)
 
-    def test_time_curves(self, sweep: str, *, split: str = "val", model_size: str | None = None) -> pd.DataFrame:
+    def test_time_curves(self, sweep: str, *, split: str = "val", model: str | None = None) -> pd.DataFrame:
         """Eval loss at every recurrence T of every succeeded run (long format, sorted by run, T),
         with the run's size columns so the unified law can compute N(mu_rec) and D."""
         stmt = (
-            select(Run.id.label("run_id"), Run.model_family, Run.model_size, Run.mu_rec, Run.mu_bwd,
-                   Run.budget_flops, Run.tokens, Run.params_total, Run.params_non_embedding,
-                   Run.params_core, Run.flop_convention, Eval.recurrence, Eval.loss)
+            select(Run.id.label("run_id"), *_SIZE_SELECT, Run.mu_rec, Run.mu_bwd, Run.budget_flops, Run.tokens,
+                   Run.flop_convention, Eval.recurrence, Eval.loss)
             .join(Eval, Eval.run_id == Run.id)
             .where(Run.sweep == sweep, Run.status == RunStatus.SUCCEEDED.value, Eval.split == split)
             .order_by(Run.model_size, Run.budget_flops, Run.mu_rec, Run.id, Eval.recurrence)
         )
-        if model_size is not None:
-            stmt = stmt.where(Run.model_size == model_size)
+        if model is not None:
+            stmt = stmt.where(Run.model_size == model)
         return self._frame(stmt, TEST_TIME_COLUMNS)
 
     def metric_history(

@@ -32,9 +32,9 @@ class RunRecord:
     run_id: str
     sweep: str
     spec: Mapping[str, Any]
-    model_family: str
-    model_size: str
-    params_total: int
+    arch: str
+    model: str
+    params: int
     params_non_embedding: int
     mu_rec: int
     mu_bwd: int
@@ -42,7 +42,7 @@ class RunRecord:
     flop_convention: str
     flops_per_token: float
     tokens: int
-    params_core: int | None = None
+    core_params: int | None = None
     status: RunStatus = RunStatus.PLANNED
     backend: str | None = None
     job_id: str | None = None
@@ -50,7 +50,7 @@ class RunRecord:
     output_dir: str | None = None  # where the run's RunDirSink files live, if it uses one
 
     def __post_init__(self) -> None:
-        for name in ("run_id", "sweep", "model_family", "model_size", "flop_convention"):
+        for name in ("run_id", "sweep", "arch", "model", "flop_convention"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"RunRecord.{name} must be a non-empty string, got {value!r}")
@@ -60,11 +60,11 @@ class RunRecord:
             raise ValueError(f"RunRecord.mu_rec must be >= 1 (1 = no looping), got {self.mu_rec}")
         if not 1 <= self.mu_bwd <= self.mu_rec:
             raise ValueError(f"RunRecord.mu_bwd must be in [1, mu_rec={self.mu_rec}], got {self.mu_bwd}")
-        for name in ("params_total", "params_non_embedding", "tokens"):
+        for name in ("params", "params_non_embedding", "tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunRecord.{name} must be a positive integer, got {getattr(self, name)}")
-        if self.params_core is not None and self.params_core < 0:
-            raise ValueError(f"RunRecord.params_core must be >= 0 or None, got {self.params_core}")
+        if self.core_params is not None and self.core_params < 0:
+            raise ValueError(f"RunRecord.core_params must be >= 0 or None, got {self.core_params}")
         for name in ("budget_flops", "flops_per_token"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

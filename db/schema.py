@@ -100,6 +100,7 @@ class Run(Base):
     failure_kind: Mapped[str | None] = mapped_column(String(50))
     failure_message: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(String(1000))  # revision 0002
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # revision 0003, latest (re)start
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from parcae_scaling.db.engine import display_url, is_sqlite_file, make_engine, normalise_url
-from parcae_scaling.db.errors import StoreError, UnknownRunError
+from parcae_scaling.db.errors import StoreError, Superseded, UnknownRunError
 from parcae_scaling.db.files import RUN_DIR_FILES, read_run_dir
 from parcae_scaling.db.migrate import ensure_schema
 from parcae_scaling.db.fits import StoreFits
@@ -183,9 +183,9 @@ class Store(StoreQueries, StoreFits):
                 return 0
             rows = [
                 {
-                    "id": r.run_id, "sweep": r.sweep, "spec": r.spec, "model_family": r.model_family,
-                    "model_size": r.model_size, "params_total": r.params_total,
-                    "params_non_embedding": r.params_non_embedding, "params_core": r.params_core,
+                    "id": r.run_id, "sweep": r.sweep, "spec": r.spec, "model_family": r.arch,
+                    "model_size": r.model, "params_total": r.params,
+                    "params_non_embedding": r.params_non_embedding, "params_core": r.core_params,
                     "mu_rec": r.mu_rec, "mu_bwd": r.mu_bwd, "budget_flops": r.budget_flops,
                     "flop_convention": r.flop_convention, "flops_per_token": r.flops_per_token,
                     "tokens": r.tokens, "status": r.status.value, "status_step": None,
@@ -217,13 +217,16 @@ class Store(StoreQueries, StoreFits):
         job_id: str | None = None,
         attempt: int | None = None,
         at: datetime | None = None,
+        if_attempt: int | None = None,
     ) -> bool:
         """Change a run's lifecycle fields. Status events older than the stored one are ignored
-        (so replays are idempotent); returns whether the status was applied."""
+        (so replays are idempotent); returns whether the status was applied. `if_attempt`: fenced
+        (see `_fence`)."""
         at = at or utcnow()
         if at.tzinfo is None:
             raise ValueError("update_run(at=...) must be timezone-aware, e.g. datetime.now(timezone.utc)")
         with self.engine.begin() as conn:
+            self._fence(conn, {run_id}, if_attempt)
             return self._update_run(conn, run_id, status, step, message, failure_kind, backend, job_id, attempt, at)
 
     def _update_run(
@@ -255,30 +258,61 @@ class Store(StoreQueries, StoreFits):
             raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
         return applied
 
-    def heartbeat(self, run_id: str) -> None:
+    def heartbeat(self, run_id: str, *, if_attempt: int | None = None) -> None:
+        """Mark the run alive now; fenced with `if_attempt` (see `_fence`)."""
         with self.engine.begin() as conn:
-            conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+            if if_attempt is None:
+                conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+            else:
+                self._fence(conn, {run_id}, if_attempt)
+
+    def _fence(self, conn: Connection, run_ids: set[str], if_attempt: int | None) -> None:
+        """Fencing, for the writes of one attempt of a run (a worker passes if_attempt=<its
+        attempt>): the write first updates the run's row (a heartbeat) where the attempt still
+        matches, in the write's own transaction. A concurrent claim (which bumps the attempt) either
+        waits for the write or wins first, and a superseded attempt's write is refused whole."""
+        if if_attempt is None:
+            return
+        for run_id in sorted(run_ids):
+            current = update(Run).where(Run.id == run_id, Run.attempt == if_attempt)
+            res = conn.execute(current.values(heartbeat=utcnow()))
+            if not res.rowcount:  # read on this connection: a second one would wait for our own write lock
+                now = conn.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one_or_none()
+                raise Superseded(f"run {run_id}: attempt {if_attempt} was superseded (the run was claimed again, "
+                                 f"now attempt {now}); this worker stops (pid {os.getpid()})")
+
+    def set_provenance(self, run_id: str, record: Mapping[str, Any], *, if_attempt: int | None = None) -> None:
+        """Record what the run's latest (re)start runs on (model/train/provenance.py); fenced
+        with `if_attempt` (see `_fence`)."""
+        record = check_json(record, "provenance")
+        with self.engine.begin() as conn:
+            self._fence(conn, {run_id}, if_attempt)
+            res = conn.execute(update(Run).where(Run.id == run_id).values(provenance=record))
+            if not res.rowcount:
+                raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
 
     # ---- metrics and evals ------------------------------------------------------------------
 
-    def log_metric_rows(self, rows: Iterable[MetricRow]) -> None:
+    def log_metric_rows(self, rows: Iterable[MetricRow], *, if_attempt: int | None = None) -> None:
         """Write (run_id, step, name, value) rows; replayed rows are ignored. Each chunk of
-        WRITE_CHUNK_ROWS rows is one transaction: committed whole or not at all."""
+        WRITE_CHUNK_ROWS rows is one transaction: committed whole or not at all. `if_attempt`:
+        fenced (see `_fence`)."""
         batch: list[_DbMetric] = []
         for run_id, step, name, value in rows:
             batch.append((run_id, name, int(step), float(value)))
             if len(batch) >= WRITE_CHUNK_ROWS:
-                self._write_metrics(batch)
+                self._write_metrics(batch, if_attempt)
                 batch = []
         if batch:
-            self._write_metrics(batch)
+            self._write_metrics(batch, if_attempt)
 
     def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
         """One optimizer step's scalars (convenience; batch with log_metric_rows for speed)."""
         self.log_metric_rows((run_id, step, name, value) for name, value in values.items())
 
-    def _write_metrics(self, batch: list[_DbMetric]) -> None:
+    def _write_metrics(self, batch: list[_DbMetric], if_attempt: int | None = None) -> None:
         with self.engine.begin() as conn:
+            self._fence(conn, {row[0] for row in batch}, if_attempt)
             self._insert_metrics(conn, batch)
 
     def _insert_metrics(self, conn: Connection, batch: list[_DbMetric]) -> None:
@@ -304,10 +338,12 @@ class Store(StoreQueries, StoreFits):
                 f"runs {missing[:5]} are not recorded; call Store.record_run before logging their rows"
             ) from err
 
-    def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
-        """Evaluation losses keyed by (run, recurrence, split); a re-evaluation replaces the row."""
-        if rows:
-            with self.engine.begin() as conn:
+    def log_evals(self, run_id: str, rows: Sequence[EvalRow], *, if_attempt: int | None = None) -> None:
+        """Evaluation losses keyed by (run, recurrence, split); a re-evaluation replaces the row.
+        `if_attempt`: fenced (see `_fence`)."""
+        with self.engine.begin() as conn:
+            self._fence(conn, {run_id}, if_attempt)
+            if rows:
                 self._upsert_evals(conn, run_id, rows)
 
     def _upsert_evals(self, conn: Connection, run_id: str, rows: Sequence[EvalRow]) -> None:
@@ -336,7 +372,7 @@ class Store(StoreQueries, StoreFits):
         while the worker is still writing (an incomplete last line waits for the next ingest)."""
         contents = read_run_dir(path)
         foreign = {r for r, *_ in contents.metrics} | {r for r, _ in contents.evals}
-        foreign |= {s.run_id for s in contents.statuses}
+        foreign |= {s.run_id for s in contents.statuses} | {r for r, _ in contents.provenance}
         foreign -= {run_id}
         if foreign:
             raise ValueError(
@@ -353,6 +389,9 @@ class Store(StoreQueries, StoreFits):
                 self._upsert_evals(conn, run_id, [row for _, row in contents.evals])
             for ev in contents.statuses:
                 self._update_run(conn, run_id, ev.status, ev.step, ev.message, None, None, None, None, ev.at)
+            if contents.provenance:
+                latest = check_json(contents.provenance[-1][1], "provenance")
+                conn.execute(update(Run).where(Run.id == run_id).values(provenance=latest))
         return IngestReport(
             run_id=run_id,
             metric_rows=len(rows),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from parcae_scaling.db.errors import StoreUnavailableError
 from parcae_scaling.model.contracts import EvalRow, RunStatus
@@ -124,6 +124,10 @@ class StoreSink:
         self._check_open()
         self.flush()
         self._attempt(lambda: self.store.log_evals(run_id, rows), wait=True)
+
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self._check_open()
+        self._attempt(lambda: self.store.set_provenance(run_id, record), wait=True)
 
     def update_status(
         self, run_id: str, status: RunStatus, *, step: int | None = None, message: str | None = None

@@ -32,14 +32,23 @@ def _delta_and_a_bar(log_a_ptr, dt_bias_ptr, cols, col_mask):
 
 
 @triton.jit
-def _forward_kernel(h_ptr, u_ptr, log_a_ptr, dt_bias_ptr, out_ptr, n_rows, dim,
-                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _tile(log_a_ptr, dt_bias_ptr, row_block, n_rows, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's BLOCK_R x BLOCK_D tile of the (n_rows, dim) tensors, and its channels' delta
+    and a_bar."""
+    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < dim
     mask = (rows < n_rows)[:, None] & col_mask[None, :]
     offsets = rows[:, None] * dim + cols[None, :]
     delta, a_bar = _delta_and_a_bar(log_a_ptr, dt_bias_ptr, cols, col_mask)
+    return cols, col_mask, offsets, mask, delta, a_bar
+
+
+@triton.jit
+def _forward_kernel(h_ptr, u_ptr, log_a_ptr, dt_bias_ptr, out_ptr, n_rows, dim,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    cols, col_mask, offsets, mask, delta, a_bar = _tile(log_a_ptr, dt_bias_ptr, tl.program_id(0), n_rows, dim,
+                                                        BLOCK_R, BLOCK_D)
     h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     out = a_bar[None, :] * h + delta[None, :] * u
@@ -51,12 +60,8 @@ def _backward_kernel(grad_out_ptr, h_ptr, u_ptr, log_a_ptr, dt_bias_ptr, grad_h_
                      partial_gh_ptr, partial_gu_ptr, n_rows, dim,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     row_block = tl.program_id(0)
-    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < dim
-    mask = (rows < n_rows)[:, None] & col_mask[None, :]
-    offsets = rows[:, None] * dim + cols[None, :]
-    delta, a_bar = _delta_and_a_bar(log_a_ptr, dt_bias_ptr, cols, col_mask)
+    cols, col_mask, offsets, mask, delta, a_bar = _tile(log_a_ptr, dt_bias_ptr, row_block, n_rows, dim,
+                                                        BLOCK_R, BLOCK_D)
     grad_out = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)

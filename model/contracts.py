@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 SUMMARY_VERSION = 1
+# Liveness contract between a run's worker and whoever checks on it: the worker beats every
+# DEFAULT_HEARTBEAT_S; a run silent for DEFAULT_STALE_AFTER_S (12 missed beats, so a busy node is not
+# taken for a dead one) is lost (sweeps/claims.py `mark_stale`).
+DEFAULT_HEARTBEAT_S = 10.0
+DEFAULT_STALE_AFTER_S = 120.0
 
 
 class RunStatus(str, enum.Enum):
@@ -72,6 +77,9 @@ class MetricsSink(Protocol):
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
         """End-of-run evaluation rows, one per (recurrence, split)."""
 
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        """What this (re)start of the run runs on (model/train/provenance.py); JSON-able."""
+
     def update_status(
         self, run_id: str, status: RunStatus, *, step: int | None = None, message: str | None = None
     ) -> None:
@@ -90,6 +98,9 @@ class NullSink:
         pass
 
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
+        pass
+
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
         pass
 
     def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
@@ -126,6 +137,7 @@ class RunResult:
     evals: tuple[EvalRow, ...] = ()
     wall_time_s: float = 0.0  # this process, including data loading and evaluation
     train_seconds: float = 0.0  # optimizer steps only, summed over resumes
+    precision: str | None = None  # what the run trained in: "fp32" | "bf16" (model/train/precision.py)
     diverged_step: int | None = None
     message: str | None = None
     summary_version: int = SUMMARY_VERSION

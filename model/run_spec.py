@@ -240,7 +240,7 @@ class RunSpec:
     checkpoint_every_steps: int = 50
     eval_recurrences: tuple[int, ...] | None = None  # None: 1 ... max(2 mu_rec, 4)
     eval_tokens: int = 16_384  # validation tokens per recurrence (capped by the split)
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 where the device has bf16 matrix units (model/train/precision.py)
     compile: bool = False  # torch.compile each block (CUDA, and CPU through inductor's C++ backend)
     device: Device = "auto"
     # Data parallelism (model/train/distributed.py). global batch = batch_size x grad_accum_steps x

@@ -16,7 +16,7 @@ import pandas as pd
 
 from parcae_scaling.scaling.data import row_ids, validate_table
 from parcae_scaling.scaling.powerlaw import PowerLawFit, fit_power_law
-from parcae_scaling.scaling.results import ConfidenceInterval, percentile_interval
+from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, ConfidenceInterval, percentile_interval
 
 XName = Literal["mu_rec", "tokens", "params"]
 ALLOCATION_COLUMNS = ("mu_rec", "tokens", "params")
@@ -181,7 +181,7 @@ def isoflop(
     df: pd.DataFrame,
     *,
     x: XName = "mu_rec",
-    n_bootstrap: int = 200,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
     level: float = 0.95,
     seed: int = 0,
     exclude_out_of_range: bool = False,

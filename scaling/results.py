@@ -12,6 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# Bootstrap resamples behind the intervals the analyses and reports print (0 = none).
+DEFAULT_BOOTSTRAP = 200
+
 
 @dataclass(frozen=True, kw_only=True)
 class ConfidenceInterval:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
 from parcae_scaling.db import RunStatus
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.spec import ResourceSpec
 
@@ -35,7 +36,7 @@ class DispatchOptions:
     resources: ResourceSpec
     log_dir: str
     detach: bool = False
-    heartbeat_s: float = 10.0
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
     # run id -> the attempt its claim took: each worker writes fenced on it (sweeps/claims.py)
     attempts: Mapping[str, int] = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """The local backend: a pool process running one worker subprocess per run, with a cap.
 
-`submit` starts `python -m parcae_scaling.sweeps.backend_local` (the pool) and returns; with
+`submit` starts `python -m parcae_scaling.sweeps pool` (sweeps/entry.py) and returns; with
 detach the pool runs in its own session and outlives the caller. The pool heartbeats the runs it
 still holds in its queue (so a killed pool leaves them stale, hence resumable), starts at most
 `max_concurrent` processes, and on a GPU machine gives each process `gpus_per_run` GPUs via
@@ -11,13 +11,11 @@ groups); its worker starts the ranks through torchrun (sweeps/ranks.py). A run's
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +23,7 @@ from typing import Sequence
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.run_spec import RunSpec, plan_tokens
 from parcae_scaling.sweeps.backend import BackendError, DispatchOptions, JobHandle
+import parcae_scaling.sweeps.entry as entry
 from parcae_scaling.sweeps.claims import release_unstarted, run_status, touch
 from parcae_scaling.sweeps.worker import HEARTBEAT_ENV
 
@@ -75,10 +74,9 @@ class LocalBackend:
         manifest = log_dir / f"pool-{os.getpid()}-{time.time_ns()}.json"
         manifest.write_text(json.dumps({"run_ids": [r.run_id for r in runs], "slots": [r.world_size for r in runs],
                                         "attempts": [options.attempts.get(r.run_id) for r in runs]}))
-        cmd = [sys.executable, "-m", "parcae_scaling.sweeps.backend_local", "--store", options.store_url,
-               "--manifest", str(manifest), "--max-workers", str(options.resources.max_concurrent),
-               "--threads", str(options.resources.torch_threads), "--gpus-per-run", str(options.resources.gpus_per_run),
-               "--heartbeat", str(options.heartbeat_s)]
+        cmd = entry.command("pool", store=options.store_url, manifest=manifest,
+                            max_workers=options.resources.max_concurrent, threads=options.resources.torch_threads,
+                            gpus_per_run=options.resources.gpus_per_run, heartbeat=options.heartbeat_s)
         log = open(log_dir / f"{manifest.stem}.log", "ab")
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=options.detach)
@@ -167,10 +165,8 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
             mine = [gpus.pop(0) for _ in range(gpus_per_run * need[run_id])] if gpus else []
             if mine:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
-            cmd = [sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", store_url,
-                   "--run-id", run_id, "--threads", str(threads)]
-            if attempt_of.get(run_id) is not None:
-                cmd += ["--attempt", str(attempt_of[run_id])]
+            cmd = entry.command("worker", store=store_url, run_id=run_id, threads=threads,
+                                attempt=attempt_of.get(run_id))
             running[subprocess.Popen(cmd, env=env)] = (mine, need[run_id], run_id)
         if stop and queue and not released:
             known = {rid: a for rid, a in attempt_of.items() if rid in queue and a is not None}
@@ -190,21 +186,12 @@ def run_pool(store_url: str, run_ids: list[str], *, max_workers: int, threads: i
     return failures
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="parcae-sweep local pool")
-    p.add_argument("--store", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--max-workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--gpus-per-run", type=int, default=0)
-    p.add_argument("--heartbeat", type=float, default=10.0)
-    a = p.parse_args(argv)
-    manifest = json.loads(Path(a.manifest).read_text())
-    failed = run_pool(a.store, manifest["run_ids"], max_workers=a.max_workers, threads=a.threads,
-                      gpus_per_run=a.gpus_per_run, heartbeat_s=a.heartbeat, slots=manifest.get("slots"),
+def pool_main(store_url: str, manifest_path: str, *, max_workers: int, threads: int, gpus_per_run: int,
+              heartbeat_s: float) -> int:
+    """The pool process (sweeps/entry.py role `pool`): run the manifest's runs; exit status 0 if
+    none failed."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    failed = run_pool(store_url, manifest["run_ids"], max_workers=max_workers, threads=threads,
+                      gpus_per_run=gpus_per_run, heartbeat_s=heartbeat_s, slots=manifest.get("slots"),
                       attempts=manifest.get("attempts"))
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,11 +18,11 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from parcae_scaling.db import EvalRow, IngestReport, RunStatus, Store
 from parcae_scaling.db.schema import Run
-from parcae_scaling.model.contracts import FailureKind
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, FailureKind
 from parcae_scaling.db.store import MetricRow
 
 # Failure kinds `resume` retries from the checkpoint by default, and those --include-failed adds.
@@ -111,7 +111,8 @@ def touch(store: Store, run_ids: Sequence[str], *, status: RunStatus | None = No
         conn.execute(update(Run).where(cond).values(heartbeat=_now()))
 
 
-def mark_stale(store: Store, sweep: str | None, *, stale_after_s: float, heartbeat_s: float = 10.0) -> list[str]:
+def mark_stale(store: Store, sweep: str | None, *, stale_after_s: float,
+               heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> list[str]:
     """Runs whose heartbeat stopped: RUNNING ones anywhere, PENDING ones of the local backend
     (whose pool heartbeats its queue). They become FAILED with kind node_lost (resumable).
     `heartbeat_s` is the workers' interval: the window must span several of them."""
@@ -170,27 +171,14 @@ def current_attempt(store: Store, run_id: str) -> int:
         return int(conn.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one())
 
 
-class Superseded(BaseException):
-    """This worker's attempt is no longer the run's current one (the run was re-claimed): its
-    writes are refused and it must stop. A BaseException, so no `except Exception` swallows it."""
-
-
 class FencedStore:
     """The store as one attempt of one run sees it: the writes a worker and its sinks make
-    (`StoreSink` needs log_metric_rows, log_evals, update_run and heartbeat), each refused with
-    `Superseded` unless the run's attempt is still `attempt`. The check is an UPDATE of the
-    run's row in the write's own transaction, so a concurrent claim waits for it or wins first."""
+    (`StoreSink` needs log_metric_rows, log_evals, update_run and heartbeat), each fenced by the
+    store (`if_attempt`: refused with `Superseded` unless the run's attempt is still `attempt`)
+    and refused for any other run."""
 
     def __init__(self, store: Store, run_id: str, attempt: int) -> None:
         self.store, self.run_id, self.attempt = store, run_id, attempt
-
-    def _guard(self, conn: Connection) -> None:
-        res = conn.execute(update(Run).where(Run.id == self.run_id, Run.attempt == self.attempt)
-                           .values(heartbeat=_now()))
-        if not res.rowcount:  # read on this connection: a second one would wait for our own write lock
-            now = conn.execute(select(Run.attempt).where(Run.id == self.run_id)).scalar_one_or_none()
-            raise Superseded(f"run {self.run_id}: attempt {self.attempt} was superseded (the run was claimed again, "
-                             f"now attempt {now}); this worker stops (pid {os.getpid()})")
 
     def _own(self, run_id: str) -> None:
         if run_id != self.run_id:
@@ -198,37 +186,35 @@ class FencedStore:
 
     def check(self) -> None:
         """Raise Superseded unless this attempt is still current (also a heartbeat)."""
-        with self.store.engine.begin() as conn:
-            self._guard(conn)
+        self.store.heartbeat(self.run_id, if_attempt=self.attempt)
 
     def heartbeat(self, run_id: str) -> None:
         self._own(run_id)
         self.check()
 
     def log_metric_rows(self, rows: Iterable[MetricRow]) -> None:
-        batch = [(run_id, name, int(step), float(value)) for run_id, step, name, value in rows]
+        batch = list(rows)
         for run_id in {row[0] for row in batch}:
             self._own(run_id)
-        with self.store.engine.begin() as conn:
-            self._guard(conn)
-            if batch:
-                self.store._insert_metrics(conn, batch)
+        if batch:
+            self.store.log_metric_rows(batch, if_attempt=self.attempt)
+        else:
+            self.check()
 
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
         self._own(run_id)
-        with self.store.engine.begin() as conn:
-            self._guard(conn)
-            if rows:
-                self.store._upsert_evals(conn, run_id, rows)
+        self.store.log_evals(run_id, rows, if_attempt=self.attempt)
+
+    def set_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self._own(run_id)
+        self.store.set_provenance(run_id, record, if_attempt=self.attempt)
 
     def update_run(self, run_id: str, *, status: RunStatus | None = None, step: int | None = None,
                    message: str | None = None, failure_kind: str | None = None, job_id: str | None = None,
                    **_: Any) -> bool:
         self._own(run_id)
-        with self.store.engine.begin() as conn:
-            self._guard(conn)
-            return self.store._update_run(conn, run_id, status, step, message, failure_kind, None, job_id, None,
-                                          _now())
+        return self.store.update_run(run_id, status=status, step=step, message=message, failure_kind=failure_kind,
+                                     job_id=job_id, if_attempt=self.attempt)
 
     def ingest_run_dir(self, path: str | os.PathLike[str]) -> IngestReport:
         """The run directory's metric and eval files into the store (idempotent: replayed rows

@@ -21,19 +21,16 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 
 from parcae_scaling.db import RunStatus, Store
-from parcae_scaling.model.contracts import FailureKind
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, FailureKind
 from parcae_scaling.model.run_spec import RunSpec
 from parcae_scaling.sweeps.backend import Backend, DispatchOptions, JobHandle
 from parcae_scaling.faults import fault_point
 from parcae_scaling.sweeps.claims import (
-    RETRYABLE_KINDS, USER_RETRY_KINDS, check_liveness, claim_runs, mark_stale, recorded_sweeps, release_unstarted,
-    set_job_ids, settle_claimed, sweep_spec, touch,
+    RETRYABLE_KINDS, USER_RETRY_KINDS, check_liveness, claim_runs,
+    mark_stale, recorded_sweeps, release_unstarted, set_job_ids, settle_claimed, sweep_spec, touch,
 )
 from parcae_scaling.sweeps.plan import Plan
 from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
-
-DEFAULT_STALE_AFTER_S = 120.0
-
 
 class ConfigDriftError(ValueError):
     """The sweep is recorded with a different spec than the one given."""
@@ -161,7 +158,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_after_s: float,
-         poll_s: float = 1.0, sweep: str | None = None, heartbeat_s: float = 10.0,
+         poll_s: float = 1.0, sweep: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
          attempts: Mapping[str, int] | None = None) -> None:
     """Block until the backend knows none of the jobs any more and no run of them is live.
     `attempts` (run id -> the attempt claimed) limits the final node_lost verdict to runs that
@@ -186,7 +183,7 @@ def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_
 
 
 def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach: bool = False,
-           allow_drift: bool = False, log_dir: str | None = None, heartbeat_s: float = 10.0,
+           allow_drift: bool = False, log_dir: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
            stale_after_s: float = DEFAULT_STALE_AFTER_S, resources: ResourceSpec | None = None) -> LaunchReport:
     """Record the plan and dispatch every run not yet claimed (PLANNED). Safe to repeat."""
     check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)  # before anything is recorded
@@ -210,7 +207,7 @@ def recorded_spec(store: Store, sweep: str) -> SweepSpec:
 
 
 def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach: bool = False,
-           include_failed: bool = False, log_dir: str | None = None, heartbeat_s: float = 10.0,
+           include_failed: bool = False, log_dir: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
            stale_after_s: float = DEFAULT_STALE_AFTER_S, spec: SweepSpec | None = None,
            allow_drift: bool = False) -> LaunchReport:
     """Mark stale runs lost, then re-dispatch planned, preempted and retryable failed runs (all
@@ -280,7 +277,7 @@ def status_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
     if hist is not None and len(hist):
         latest = hist.sort_values("step").groupby(["run_id", "name"])["value"].last().unstack()
         last = latest.to_dict("index")
-    out = runs[["run_id", "sweep", "model_size", "mu_rec", "budget_flops", "tokens", "status", "attempt",
+    out = runs[["run_id", "sweep", "model", "mu_rec", "budget_flops", "tokens", "status", "attempt",
                 "backend", "job_id", "heartbeat", "failure_kind", "failure_message"]].copy()
     # A run with no `tokens` row (diverged before its first log) unstacks to NaN beside runs with one.
     done = (last.get(r, {}).get("tokens") for r in out["run_id"])

@@ -35,11 +35,11 @@ class PlannedRun:
 
     run: RunSpec
     run_id: str  # run.run_id, computed once (hashing a RunSpec is the planner's main cost)
-    model_size: str
-    family: str
-    params_total: int
+    model: str
+    arch: str  # model family: parcae | transformer
+    params: int
     params_non_embedding: int
-    params_core: int
+    core_params: int
     budget_flops: float | None
     flops_per_token: int
     tokens: int
@@ -58,9 +58,9 @@ class PlannedRun:
         """The store's row for this run: the planned tokens, exact FLOPs per token and parameter
         counts computed here, so no later stage recomputes them."""
         return RunRecord(
-            run_id=self.run_id, sweep=sweep, spec=self.run.to_dict(), model_family=self.family,
-            model_size=self.model_size, params_total=self.params_total,
-            params_non_embedding=self.params_non_embedding, params_core=self.params_core,
+            run_id=self.run_id, sweep=sweep, spec=self.run.to_dict(), arch=self.arch,
+            model=self.model, params=self.params,
+            params_non_embedding=self.params_non_embedding, core_params=self.core_params,
             mu_rec=self.run.mu_rec, mu_bwd=self.run.mu_bwd,
             budget_flops=float(self.budget_flops if self.budget_flops is not None else self.planned_flops),
             flop_convention=self.run.flop_convention, flops_per_token=float(self.flops_per_token),
@@ -68,7 +68,7 @@ class PlannedRun:
 
     def row(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id, "model": self.model_size, "params": self.params_total,
+            "run_id": self.run_id, "model": self.model, "params": self.params,
             "mu_rec": self.run.mu_rec, "mu_bwd": self.run.mu_bwd, "budget_flops": self.budget_flops,
             "flops_per_token": self.flops_per_token, "tokens": self.tokens, "steps": self.steps,
             "processes": self.processes, "nodes": self.nodes, "wall_hours": self.wall_hours,
@@ -206,8 +206,8 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     if tp.tokens < non_emb:
         problems.append("under 1 token per non-embedding parameter")
     return PlannedRun(
-        run=run, run_id=run_id, model_size=run.model.name, family=run.model.family, params_total=total,
-        params_non_embedding=non_emb, params_core=core, budget_flops=run.budget_flops,
+        run=run, run_id=run_id, model=run.model.name, arch=run.model.family, params=total,
+        params_non_embedding=non_emb, core_params=core, budget_flops=run.budget_flops,
         flops_per_token=tp.flops_per_token,
         tokens=tp.tokens, steps=tp.steps, planned_flops=tp.planned_flops, processes=run.world_size, nodes=run.nodes,
         wall_hours=wall_hours(tp.planned_flops, device=spec.resources.device, mfu=spec.resources.mfu,

@@ -1,6 +1,6 @@
 """Running one RunSpec on N ranks: the one way, for sweeps and for `train-one --nproc N`.
 
-Every rank runs `rank_main` (this module's entry point) with the same spec; `rank_sink` is the
+Every rank runs `rank_main` (role `rank` of sweeps/entry.py) with the same spec; `rank_sink` is the
 one choice of sink: rank 0 writes the run directory, and for a sweep's run also the store
 (`--store`, fenced on the worker's attempt); the other ranks write nothing (NullSink).
 
@@ -15,12 +15,11 @@ finished runs, the job id, the heartbeat, cancellation, SIGTERM and the classifi
     ray       the worker is a Ray task without CPUs of its own; Ray Train workers are the ranks
               (`ray_rank`, started by sweeps/backend_ray.py).
 
-    python -m torch.distributed.run ... -m parcae_scaling.sweeps.ranks SPEC [--store URL --reports DIR]
+    python -m torch.distributed.run ... -m parcae_scaling.sweeps rank SPEC [--store URL --reports DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -35,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from parcae_scaling.db import RunDirSink, Store
-from parcae_scaling.model.contracts import FailureKind, RunStatus
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, FailureKind, RunStatus
 from parcae_scaling.model.run_spec import RunSpec
+import parcae_scaling.sweeps.entry as entry
 
 if TYPE_CHECKING:  # the training stack is imported lazily (the pool process never trains)
     from parcae_scaling.model.contracts import MetricsSink
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # the training stack is imported lazily (the pool process nev
 
     TrainFn = Callable[[RunSpec, MetricsSink], RunResult]
 
-_ENTRY = "parcae_scaling.sweeps.ranks"
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL for ranks that do not stop
 
 
@@ -63,14 +62,13 @@ LAUNCH_SPEC_FILE = "launch_spec.json"  # the exact spec (with its process layout
 LAUNCH_LOG_FILE = "launch.log"
 
 
-def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, threads: int = 1, entry: str = _ENTRY,
-                     args: Sequence[str] = ()) -> list[str]:
-    """The single-node torchrun command line that trains the spec at `spec_path` with the per-rank
-    entry module `entry` (`python -m entry SPEC --threads=N *args` on every rank)."""
+def torchrun_command(spec_path: str | Path, *, nproc_per_node: int, **rank_options: Any) -> list[str]:
+    """The single-node torchrun command line that trains the spec at `spec_path` on every rank
+    (role `rank` of sweeps/entry.py with `rank_options`)."""
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-            "--monitor-interval=0.2", "-m", entry, str(spec_path), f"--threads={threads}", *args]
+            "--monitor-interval=0.2", "-m", entry.MODULE, *entry.arguments("rank", spec=spec_path, **rank_options)]
 
 
 # Exec `argv[2:]` with PR_SET_PDEATHSIG = SIGTERM: a launcher that dies, even by SIGKILL, takes
@@ -88,11 +86,10 @@ def _dies_with_this_process(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _PARENT_DEATH_GUARD, str(os.getpid()), *cmd]
 
 
-def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY,
-                args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+def start_local(run: RunSpec, *, threads: int = 1, **rank_options: Any) -> subprocess.Popen[bytes]:
     """Start `run` on run.nproc_per_node local processes (nodes must be 1) in a session of their own
-    (kill the group to stop them all); returns torchrun's process. `entry`/`args`: the per-rank
-    module and its extra arguments (default: this module, rank 0 writing the run directory)."""
+    (kill the group to stop them all); returns torchrun's process. `rank_options`: those of role
+    `rank` in sweeps/entry.py (default: none, rank 0 writing the run directory only)."""
     if run.nodes != 1:
         raise ValueError(f"RunSpec.nodes is {run.nodes}; a local launch uses one node: use the submitit or "
                          "ray backend for several nodes, or set nodes=1")
@@ -103,7 +100,7 @@ def start_local(run: RunSpec, *, threads: int = 1, entry: str = _ENTRY,
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = open(out / LAUNCH_LOG_FILE, "ab")
     try:
-        cmd = torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads, entry=entry, args=args)
+        cmd = torchrun_command(spec_path, nproc_per_node=run.nproc_per_node, threads=threads, **rank_options)
         return subprocess.Popen(_dies_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     finally:
@@ -213,34 +210,28 @@ def failure_from_reports(reports: Sequence[Mapping[str, Any]], *, world_size: in
     return RankFailure(str(first["kind"]), f"rank {first['rank']}: {first['message']}{where}\n{first['traceback']}")
 
 
-def rank_main(argv: Sequence[str] | None = None) -> int:
-    """The per-rank entry point under torchrun (a sweep's run, or `train-one --nproc N`): train;
-    on a failure leave a report for the worker (with --reports) and exit 1."""
+def rank_main(spec_path: str, *, store: str | None = None, reports: str | None = None, threads: int = 1,
+              heartbeat_s: float = DEFAULT_HEARTBEAT_S, attempt: int | None = None) -> int:
+    """One rank under torchrun (role `rank` of sweeps/entry.py; a sweep's run, or `train-one
+    --nproc N`): train (rank 0 also writes `store`, a sweep's run); on a failure leave a report in
+    `reports` for the worker and exit 1."""
     import torch
 
     from parcae_scaling.model.train.distributed import environ_rank
     from parcae_scaling.sweeps.writer import install_sigterm
 
-    p = argparse.ArgumentParser(prog=_ENTRY)
-    p.add_argument("spec")
-    p.add_argument("--store", default=None, help="rank 0 writes this store too (a sweep's run)")
-    p.add_argument("--reports", default=None, help="where each failing rank leaves its report")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--heartbeat", type=float, default=10.0)
-    p.add_argument("--attempt", type=int, default=None)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    run = RunSpec.from_json(Path(args.spec).read_text())
+    torch.set_num_threads(threads)
+    run = RunSpec.from_json(Path(spec_path).read_text())
     rank = environ_rank()
     install_sigterm()  # torchrun stops the survivors of a failed rank with SIGTERM
     try:
-        train_rank(run, args.store, rank=rank, heartbeat_s=args.heartbeat, attempt=args.attempt)
+        train_rank(run, store, rank=rank, heartbeat_s=heartbeat_s, attempt=attempt)
     except BaseException as exc:
         # torchrun's SIGTERM to the survivors may land while this rank handles its own error: the
         # report must still be written (a rank without one would count as killed)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.reports:
-            write_report(Path(args.reports), rank, exc)
+        if reports:
+            write_report(Path(reports), rank, exc)
         traceback.print_exc()
         return 1
     return 0  # also for diverged: rank 0 has stored that status
@@ -292,17 +283,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def train_local(run: RunSpec, store_url: str, *, threads: int = 1, heartbeat_s: float = 10.0,
-                attempt: int | None = None) -> "RunResult":
+def train_local(run: RunSpec, store_url: str, *, threads: int = 1,
+                heartbeat_s: float = DEFAULT_HEARTBEAT_S, attempt: int | None = None) -> "RunResult":
     """Train `run` on run.nproc_per_node local processes (torchrun); raises RankFailure if a rank
     failed, and stops every rank when this process is interrupted (SIGTERM: cancel, preemption)."""
 
     reports = Path(tempfile.mkdtemp(prefix=f"parcae-ranks-{run.run_id}-"))
     try:
-        fence = ("--attempt", str(attempt)) if attempt is not None else ()
-        proc = start_local(run, threads=threads, entry=_ENTRY,
-                           args=("--store", store_url, "--reports", str(reports),
-                                 "--heartbeat", str(heartbeat_s), *fence))
+        proc = start_local(run, threads=threads, store=store_url, reports=reports, heartbeat=heartbeat_s,
+                           attempt=attempt)
         try:
             code = proc.wait()
         except BaseException:
@@ -324,6 +313,3 @@ def torchrun_trainer(store_url: str, *, threads: int, heartbeat_s: float, attemp
 
     return train
 
-
-if __name__ == "__main__":
-    sys.exit(rank_main())

@@ -32,7 +32,7 @@ def _layouts(plan: Plan) -> str:
 
 
 def _plan_row(r: PlannedRun) -> tuple[str, ...]:
-    return (r.run_id, r.model_size, f"{r.params_total:,}", str(r.run.mu_rec), str(r.run.mu_bwd),
+    return (r.run_id, r.model, f"{r.params:,}", str(r.run.mu_rec), str(r.run.mu_bwd),
             _si(r.budget_flops), f"{r.flops_per_token:,}", f"{r.tokens:,}", f"{r.steps:,}",
             str(r.processes), str(r.nodes), f"{r.wall_hours:.3g}", f"{r.device_hours:.3g}", "; ".join(r.problems))
 
@@ -84,7 +84,7 @@ def status_view(df: pd.DataFrame, *, title: str = "sweep status") -> Group:
         failure = "" if not isinstance(r.failure_kind, str) else r.failure_kind
         if isinstance(r.failure_message, str) and failure:
             failure += ": " + r.failure_message.splitlines()[0][:60]
-        t.add_row(r.run_id, r.model_size, str(r.mu_rec), _si(r.budget_flops), r.status,
+        t.add_row(r.run_id, r.model, str(r.mu_rec), _si(r.budget_flops), r.status,
                   ProgressBar(total=1.0, completed=float(min(max(r.progress, 0.0), 1.0)), width=20),
                   f"{_si(r.tokens_done)}/{_si(r.tokens)}", "-" if math.isnan(r.last_loss) else f"{r.last_loss:.4f}",
                   str(r.attempt), failure)

@@ -18,12 +18,11 @@ metrics.jsonl, evals.jsonl, status.jsonl), so a finished run directory is comple
 a worker that finds its run already finished there (summary.json) ingests it into the store
 instead of training again (a new store beside old runs, a kill before the final report).
 
-    python -m parcae_scaling.sweeps.worker --store sqlite:///parcae.sqlite --run-id <id> [--attempt N]
+    python -m parcae_scaling.sweeps worker --store sqlite:///parcae.sqlite --run-id <id> [--attempt N]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -34,20 +33,19 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator
 
-from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.db import RunStatus, Store, Superseded
 from parcae_scaling.db.files import METRICS_FILE
 from parcae_scaling.faults import fault_point
-from parcae_scaling.model.contracts import FailureKind
+from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, FailureKind
 from parcae_scaling.model.run_spec import RunSpec
-from parcae_scaling.sweeps.claims import FencedStore, Superseded, current_attempt, run_status
+from parcae_scaling.sweeps.claims import FencedStore, current_attempt, run_status
 from parcae_scaling.sweeps.writer import Terminated, classify, install_sigterm, run_sink
 
 HEARTBEAT_ENV = "PARCAE_HEARTBEAT_S"
 # Dispatch benchmark only (bench/dispatch_overhead.py): record the run as succeeded without training.
 NOOP_ENV = "PARCAE_NOOP_RUNS"
-DEFAULT_HEARTBEAT_S = 10.0
 LOCK_FILE = "worker.lock"
 
 
@@ -252,26 +250,18 @@ def _execute_locked(run: RunSpec, fenced: FencedStore, *, job_id: str | None, he
             signal.signal(signal.SIGINT, previous_int)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--attempt", type=int, default=None, help="the attempt the dispatcher claimed (fences writes)")
-    args = p.parse_args(argv)
+def worker_main(store_url: str, run_id: str, *, threads: int = 1, attempt: int | None = None) -> int:
+    """The worker process (sweeps/entry.py role `worker`): run the recorded run; exit status 0 if
+    it succeeded."""
     try:
-        store = Store.open(args.store)
+        store = Store.open(store_url)
         try:
-            run = RunSpec.from_dict(store.run_spec(args.run_id))
+            run = RunSpec.from_dict(store.run_spec(run_id))
         finally:
             store.close()
-        status = execute_run(run, args.store, torch_threads=args.threads, attempt=args.attempt)
+        status = execute_run(run, store_url, torch_threads=threads, attempt=attempt)
     except Exception as exc:  # the store holds the classified failure; the log gets one line
-        print(f"parcae worker: run {args.run_id} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+        print(f"parcae worker: run {run_id} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
               file=sys.stderr, flush=True)
         return 1
     return 0 if status is RunStatus.SUCCEEDED else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

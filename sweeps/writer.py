@@ -33,6 +33,9 @@ class _ClassifyingSink:
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
         self.inner.log_evals(run_id, rows)
 
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self.inner.log_provenance(run_id, record)
+
     def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
                       message: str | None = None) -> None:
         if RunStatus(status) is not RunStatus.FAILED:
@@ -58,6 +61,10 @@ class _TeeSink:
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
         self.run_dir.log_evals(run_id, rows)
         self.store.log_evals(run_id, rows)
+
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self.run_dir.log_provenance(run_id, record)
+        self.store.log_provenance(run_id, record)
 
     def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
                       message: str | None = None) -> None:

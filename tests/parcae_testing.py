@@ -23,12 +23,16 @@ class ListSink:
     metrics: list[tuple[str, int, dict[str, float]]] = field(default_factory=list)
     evals: list[tuple[str, EvalRow]] = field(default_factory=list)
     statuses: list[tuple[RunStatus, int | None, str | None]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
 
     def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
         self.metrics.append((run_id, step, dict(values)))
 
     def log_evals(self, run_id: str, rows: Sequence[EvalRow]) -> None:
         self.evals.extend((run_id, r) for r in rows)
+
+    def log_provenance(self, run_id: str, record: Mapping[str, Any]) -> None:
+        self.provenance.append(dict(record))
 
     def update_status(self, run_id: str, status: RunStatus, *, step: int | None = None,
                       message: str | None = None) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from parcae_scaling.cli import fit_app, sweep_app
+from parcae_scaling.cli import sweep_app
+from parcae_scaling.fit_cli import fit_app
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 DEFAULT_COMMANDS = {

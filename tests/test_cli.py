@@ -2,7 +2,8 @@
 
 from typer.testing import CliRunner
 
-from parcae_scaling.cli import fit_app, sweep_app
+from parcae_scaling.cli import sweep_app
+from parcae_scaling.fit_cli import fit_app
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("parcae_scaling.db",),  # the store and the sinks that write to it
     ("parcae_scaling.sweeps",),  # specs, plans, backends, launch / resume / status
     ("parcae_scaling.scaling.report",),  # analyses, figures and reports over the store
-    ("parcae_scaling.cli",),  # the two Typer apps
+    ("parcae_scaling.cli", "parcae_scaling.fit_cli"),  # the two Typer apps
 )
 SKIP_DIRS = {"tests", "bench", "notebooks", "docs", "build", ".venv", ".git"}
 

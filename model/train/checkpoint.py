@@ -49,6 +49,7 @@ class TrainProgress:
     # far above where it started was unstable (model/train/loop.py's "learned nothing" guard).
     first_loss: float | None = None
     peak_loss: float | None = None
+    precision: str | None = None  # "fp32" | "bf16": what the run trains in (kept across resumes)
 
 
 class CheckpointUnreadable(ValueError):

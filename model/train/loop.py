@@ -50,6 +50,8 @@ from parcae_scaling.model.train.data import (
 from parcae_scaling.model.flops import flops_per_token
 from parcae_scaling.model.mfu import device_peak_flops, model_flops_utilisation
 from parcae_scaling.model.train.optim import OptimizerBundle, build_optimizer
+from parcae_scaling.model.train.precision import PrecisionChoice, configure_matmuls, resolve_precision
+from parcae_scaling.model.train.provenance import collect_provenance
 from parcae_scaling.model.run_spec import RunSpec, TokenPlan, plan_tokens
 from parcae_scaling.model.train.schedule import lr_multiplier_at_step
 
@@ -70,13 +72,6 @@ def resolve_device(run: RunSpec) -> torch.device:
     if run.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(run.device)
-
-
-def _autocast(run: RunSpec, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def depth_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -118,9 +113,11 @@ def _prepare_output_dir(run: RunSpec, *, write: bool = True) -> Path:
 
 @torch.no_grad()
 def evaluate_recurrences(
-    model: nn.Module, data: TokenData, run: RunSpec, device: torch.device
+    model: nn.Module, data: TokenData, run: RunSpec, device: torch.device, precision: PrecisionChoice | None = None,
 ) -> list[EvalRow]:
-    """Validation loss (nats/token, token-weighted) at each recurrence T: one row per T."""
+    """Validation loss (nats/token, token-weighted) at each recurrence T: one row per T, in the
+    run's training precision (default: `run.precision` resolved for `device`)."""
+    precision = precision or resolve_precision(run.precision, device, width=run.model.d_model)
     model.eval()
     rows: list[EvalRow] = []
     for t in run.recurrences_to_evaluate():
@@ -130,7 +127,7 @@ def evaluate_recurrences(
             x, y = x.to(device), y.to(device)
             # Seeded per (T, batch): the random initial state h_0 never depends on RNG history.
             gen = depth_generator(run.seed, _EVAL_STREAM + t, i)
-            with _autocast(run, device):
+            with precision.autocast(device):
                 out = model(x, y, recurrence=t if run.model.is_looped else None, generator=gen)
             total += float(out.loss) * y.numel()
             count += y.numel()
@@ -211,7 +208,7 @@ def _result(run: RunSpec, plan: TokenPlan, progress: TrainProgress, *, status: R
         final_train_loss=sum(recent) / len(recent) if recent else None,
         final_val_loss=at_mu[0].loss if at_mu else None,
         val_tokens=at_mu[0].tokens if at_mu else 0, evals=tuple(evals), wall_time_s=wall,
-        train_seconds=progress.train_seconds,
+        train_seconds=progress.train_seconds, precision=progress.precision,
         diverged_step=diverged_step, message=message,
     )
 
@@ -262,6 +259,10 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
         fallback = restored.fallback_note() if restored is not None else None
         if restored is not None:
             progress = restored.progress
+        precision = resolve_precision(run.precision, device, width=run.model.d_model, pinned=progress.precision)
+        progress.precision = precision.precision
+        configure_matmuls(run.precision, device)
+        sink.log_provenance(run_id, collect_provenance(device, precision, world_size=ctx.world_size))
         if fallback and ctx.is_main:
             print(f"parcae train: run {run_id}: {fallback}", file=sys.stderr, flush=True)
         resumed = f"resumed from step {progress.step}" if progress.step else None
@@ -270,7 +271,7 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
         if run.compile:
             compile_blocks(model)  # per block: the loop's data-dependent depth stays in Python
         forward = pdist.wrap_ddp(model, ctx)
-        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, ctx, out)
+        diverged = _train_steps(run, plan, data, model, forward, optimizer, progress, sink, ctx, out, precision)
         if not ctx.is_main:
             return RunResult.from_dict(pdist.broadcast_object(None))
         if diverged is not None:
@@ -282,7 +283,7 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
             _write_json_atomic(summary_path, result.to_dict())
             pdist.broadcast_object(result.to_dict())
             return result
-        evals = evaluate_recurrences(model, data, run, device)
+        evals = evaluate_recurrences(model, data, run, device, precision)
         sink.log_evals(run_id, evals)
         why = learned_nothing(run, data, progress, evals)
         status = RunStatus.SUCCEEDED if why is None else RunStatus.DIVERGED  # fits read succeeded runs only
@@ -303,7 +304,7 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
 
 def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Module, forward: nn.Module,
                  optimizer: OptimizerBundle, progress: TrainProgress, sink: MetricsSink,
-                 ctx: pdist.DistContext, ckpt_dir: Path) -> tuple[int, str] | None:
+                 ctx: pdist.DistContext, ckpt_dir: Path, precision: PrecisionChoice) -> tuple[int, str] | None:
     """The optimizer-step loop; returns (step, reason) if the run diverged, else None (on every
     rank alike: the decision uses all-reduced loss and the all-reduced gradients)."""
     run_id = run.run_id
@@ -328,12 +329,14 @@ def _train_steps(run: RunSpec, plan: TokenPlan, data: TokenData, model: nn.Modul
             x, y = train_batch(data.train, seed=run.seed, step=step, micro=g,
                                batch_size=run.batch_size, seq_len=run.seq_len)
             _check_vocab(x, run.model.vocab_size, data)
+            if device.type == "cuda":  # a copy from pinned memory is asynchronous; from pageable it is not
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             depth_key = g if run.depth_sampling == "per_rank" else micro
             # DDP all-reduces gradients on the last micro-batch only.
             sync = forward.no_sync() if micro < accum - 1 and hasattr(forward, "no_sync") else contextlib.nullcontext()
             with sync:
-                with _autocast(run, device):
+                with precision.autocast(device):
                     out = forward(x, y, generator=depth_generator(run.seed, step, depth_key))
                 (out.loss / accum).backward()
             loss_sum += out.loss.detach().float()

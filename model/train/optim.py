@@ -93,7 +93,11 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> OptimizerBundle:
         raise ValueError(f"unknown optimizer {spec.name!r}: choose 'adamw' or 'muon'")
     adam_groups = [g for g in adam_groups if g["params"]]
     if adam_groups:
+        # On CUDA the fused kernel updates every tensor in one launch (the foreach default launches
+        # several per tensor group). CPU keeps the default: its results are the published ones.
+        on_cuda = all(p.is_cuda for g in adam_groups for p in g["params"])
         optimizers["adamw"] = torch.optim.AdamW(
             adam_groups, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay,
+            fused=True if on_cuda else None,
         )
     return OptimizerBundle(optimizers)

@@ -17,7 +17,7 @@ from parcae_scaling.scaling.fit import fit_law
 from parcae_scaling.scaling.frontier import FrontierResult, flops_per_token_from_runs, frontier, holdout_largest_budget
 from parcae_scaling.scaling.isoflop import IsoFlopResult, isoflop
 from parcae_scaling.scaling.laws import get_law
-from parcae_scaling.scaling.results import FitResult
+from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
 from parcae_scaling.scaling.testtime import TestTimeResult, fit_test_time
 
 
@@ -45,7 +45,7 @@ def looped_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstrap: int = 200,
+def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstrap: int = DEFAULT_BOOTSTRAP,
                 source: str = "") -> IsoFlopResult:
     res = isoflop(df, x=x, n_bootstrap=n_bootstrap, source=source)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstr
 
 
 def run_parametric(df: pd.DataFrame, out_dir: Path, *, law_name: str = "parcae",
-                   effective_params: EffectiveParams | None = None, n_bootstrap: int = 200,
+                   effective_params: EffectiveParams | None = None, n_bootstrap: int = DEFAULT_BOOTSTRAP,
                    holdout: bool = True, source: str = "") -> tuple[FitResult, dict]:
     options = {} if law_name in ("chinchilla",) else {"effective_params": effective_params}
     law = get_law(law_name, **options)

@@ -16,7 +16,7 @@ from parcae_scaling.scaling.effective_params import ColumnParams, EffectiveParam
 from parcae_scaling.scaling.report.analyses import (
     looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time, select_model,
 )
-from parcae_scaling.scaling.results import FitResult
+from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
 from parcae_scaling.scaling.testtime import TestTimeResult
 
 # The choices of the fit commands that are narrower than the library's registries (the CLI's --help
@@ -26,6 +26,21 @@ from parcae_scaling.scaling.testtime import TestTimeResult
 # "callable" take Python objects).
 ParametricLaw = Literal["parcae", "chinchilla"]
 EffectiveParamsMode = Literal["unrolled", "column"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitInputs:
+    """Where a fit command reads its table (a CSV, or a store and sweep), which model it fits when
+    the table holds several, and where it writes its JSON and figures."""
+
+    csv: Path | None
+    store: str | None
+    sweep: str | None
+    out: Path
+    model: str | None
+
+    def read(self, kind: str = "runs") -> tuple[pd.DataFrame, str]:
+        return read_input(self.csv, self.store, self.sweep, kind=kind, model=self.model)
 
 
 def read_input(csv: Path | None, store: str | None, sweep: str | None, *, kind: str = "runs",
@@ -64,7 +79,7 @@ class CsvReport:
     test_time: TestTimeResult | None  # None without a test-time CSV
 
 
-def csv_report(csv: Path | None, out_dir: Path, *, model: str | None = None, n_bootstrap: int = 200,
+def csv_report(csv: Path | None, out_dir: Path, *, model: str | None = None, n_bootstrap: int = DEFAULT_BOOTSTRAP,
                effective_params: EffectiveParams | None = None, test_time_csv: Path | None = None) -> CsvReport:
     """The report from CSVs: isoFLOP, the Parcae law and its compute-optimal frontier, and test-time
     fits when a test-time CSV is given. A CSV holds fit inputs only, so no plan, status or HTML."""
@@ -80,5 +95,5 @@ def csv_report(csv: Path | None, out_dir: Path, *, model: str | None = None, n_b
     return CsvReport(isoflop=iso, fit=fit, frontier=front, test_time=test_time)
 
 
-__all__ = ["read_input", "effective_params", "looped_runs", "csv_report", "CsvReport", "ParametricLaw",
+__all__ = ["FitInputs", "read_input", "effective_params", "looped_runs", "csv_report", "CsvReport", "ParametricLaw",
            "EffectiveParamsMode"]

@@ -10,16 +10,6 @@ from parcae_scaling.db import Store
 from parcae_scaling.scaling.results import FitResult
 
 
-def runs_from_store_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Map the store's isoflop_table() columns onto RUN_COLUMNS (+ N(mu) breakdown, model)."""
-    df = frame.rename(columns={"params_total": "params", "model_size": "model", "params_core": "core_params"})
-    if "params_non_embedding" in df.columns and "core_params" in df.columns:
-        df["non_core_params"] = df["params_non_embedding"] - df["core_params"].astype("float64")
-    if "model_family" in df.columns:
-        df["arch"] = df["model_family"]
-    return df
-
-
 def require_sweeps(store: Store, names: tuple[str, ...], url: str) -> None:
     """Refuse sweep names the store has no runs of, listing the recorded ones."""
     known = set(store.runs()["sweep"])
@@ -36,8 +26,8 @@ def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
     with Store.open(url, upgrade=False) as store:
         require_sweeps(store, (sweep,), url)
         if kind == "runs":
-            return runs_from_store_frame(store.isoflop_table(sweep))
-        return store.test_time_curves(sweep).rename(columns={"model_size": "model"})
+            return store.isoflop_table(sweep)
+        return store.test_time_curves(sweep)
 
 
 def save_fit(url: str, sweep: str, fit: FitResult, *, model: str | None = None) -> int:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from parcae_scaling.scaling.report.store_tables import load_store, require_sweeps, save_fit
 from parcae_scaling.scaling.effective_params import EffectiveParams
+from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP
 from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
 from parcae_scaling.scaling.report.figures import stability_figure
 from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, verdict
@@ -83,10 +84,10 @@ def status_section(store, sweep: str) -> Section:
 
     df = status_table(store, sweep)
     counts = ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items())
-    cols = ["run_id", "model_size", "mu_rec", "budget_flops", "tokens", "status", "progress", "last_loss",
+    cols = ["run_id", "model", "mu_rec", "budget_flops", "tokens", "status", "progress", "last_loss",
             "attempt", "failure_kind", "failure_message"]
     not_ok = df[df["status"] != "succeeded"]
-    warnings = tuple(f"run {r.run_id} ({r.model_size}, mu_rec={r.mu_rec}): {r.status}"
+    warnings = tuple(f"run {r.run_id} ({r.model}, mu_rec={r.mu_rec}): {r.status}"
                      + (f" [{r.failure_kind}]" if isinstance(r.failure_kind, str) else "") for r in not_ok.itertuples())
     return Section(title=f"Run status: {sweep}", summary=counts, tables=(("runs", df[cols]),), warnings=warnings)
 
@@ -195,7 +196,7 @@ def run_labels(store, runs: pd.DataFrame, *, with_sweep: bool = False) -> dict[s
     for r in runs.itertuples():
         spec = store.run_spec(r.run_id)
         model = spec.get("model", {})
-        parts = [str(r.model_size).split("[")[0]]  # overrides show in the plan table
+        parts = [str(r.model).split("[")[0]]  # overrides show in the plan table
         if model.get("family") == "parcae":
             parts += [str(model.get("injection", "diagonal")), f"μ={int(r.mu_rec)}"]
         parts.append(f"C={r.budget_flops:.2g}" if pd.notna(r.budget_flops) else f"D={int(r.tokens):,}")
@@ -227,7 +228,7 @@ def stability_section(store, sweeps: Sequence[str], out_dir: Path) -> Section:
 
 
 def build_report(store_url: str, sweeps: str | Sequence[str], out_dir: str | Path, *, model: str | None = None,
-                 n_bootstrap: int = 200, effective_params: EffectiveParams | None = None,
+                 n_bootstrap: int = DEFAULT_BOOTSTRAP, effective_params: EffectiveParams | None = None,
                  fits: bool = True) -> SweepReport:
     """Run every analysis of one or more sweeps into `out_dir` and collect the report sections."""
     from parcae_scaling.db import Store

@@ -67,8 +67,8 @@ def make_run() -> Callable[..., RunRecord]:
 
     def _make(run_id: str = "run0", sweep: str = "sw", **overrides: object) -> RunRecord:
         fields: dict[str, object] = dict(
-            run_id=run_id, sweep=sweep, spec={"id": run_id, "seed": 0}, model_family="parcae",
-            model_size="small-140m", params_total=144_323_136, params_non_embedding=119_157_312,
+            run_id=run_id, sweep=sweep, spec={"id": run_id, "seed": 0}, arch="parcae",
+            model="small-140m", params=144_323_136, params_non_embedding=119_157_312,
             mu_rec=4, mu_bwd=2, budget_flops=1e18, flop_convention="reference",
             flops_per_token=1.0e9, tokens=1_000_000_000,
         )

@@ -22,8 +22,8 @@ from parcae_scaling.db import RunRecord, Store, StoreSink
 url, run_id, steps, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 store = Store.open(url)
 store.record_sweep("sw", {"writers": 8})
-store.record_run(RunRecord(run_id=run_id, sweep="sw", spec={"id": run_id}, model_family="parcae",
-    model_size="tiny", params_total=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
+store.record_run(RunRecord(run_id=run_id, sweep="sw", spec={"id": run_id}, arch="parcae",
+    model="tiny", params=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
     flop_convention="reference", flops_per_token=1e6, tokens=1000))
 while not __import__("os").path.exists(go):  # start together to maximise contention
     time.sleep(0.01)

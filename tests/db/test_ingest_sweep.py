@@ -24,7 +24,7 @@ def test_a_planned_runs_record_matches_the_model(tmp_path):
     params = parameter_breakdown(run.model)
     assert rec.run_id == run.run_id and rec.spec == run.to_dict()
     assert (rec.mu_rec, rec.mu_bwd) == (4, 2)
-    assert rec.params_total == params.total and rec.params_core == params.core
+    assert rec.params == params.total and rec.core_params == params.core
     assert rec.flops_per_token == flops_per_token(run.model, convention="reference")
     assert rec.tokens == plan_tokens(run).tokens and rec.budget_flops == 1e12
     assert rec.output_dir == run.output_dir and rec.backend is None

@@ -27,7 +27,7 @@ def filled(store, make_run):
         for mu in MUS:
             rid = f"b{b:.0e}-mu{mu}"
             store.record_run(make_run(rid, budget_flops=b, mu_rec=mu, mu_bwd=max(1, mu // 2),
-                                      tokens=int(b / (1e6 * mu)), params_core=None if mu == 1 else 1000))
+                                      tokens=int(b / (1e6 * mu)), core_params=None if mu == 1 else 1000))
             store.log_metric_rows((rid, s, "loss", 4.0 - s / 10) for s in range(5))
             store.log_metric_rows((rid, s, "lr", 0.01) for s in range(5))
             if b == 4e12 and mu == 4:
@@ -54,7 +54,7 @@ def test_final_losses(filled):
     assert len(diverged) == 1 and math.isnan(diverged.eval_loss.iloc[0])
     ok = df[df.status == "succeeded"]
     np.testing.assert_allclose(ok.eval_loss, 3.0 - 0.1 * ok.mu_rec + ok.mu_rec / 100)
-    assert df.params_core.isna().sum() == 2  # nullable ints stay Int64 with <NA>
+    assert df.core_params.isna().sum() == 2  # nullable ints stay Int64 with <NA>
 
 
 def test_isoflop_table(filled):
@@ -62,7 +62,7 @@ def test_isoflop_table(filled):
     _assert_dtypes(df, ISOFLOP_COLUMNS)
     assert len(df) == 5  # the diverged run has no loss to fit
     assert df.groupby("budget_flops").mu_rec.apply(list).to_dict() == {1e12: [1, 2, 4], 4e12: [1, 2]}
-    assert len(filled.isoflop_table("sw", model_size="nope")) == 0
+    assert len(filled.isoflop_table("sw", model="nope")) == 0
     assert len(filled.isoflop_table("sw", split="train")) == 0
 
 

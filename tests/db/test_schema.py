@@ -140,7 +140,7 @@ def test_older_revision_is_migrated_or_refused(store_url):
     with Store.open(store_url) as s:  # default: migrate in place, keeping the data
         runs = s.runs("old")
         assert runs.run_id.tolist() == ["r-old"] and runs.output_dir.isna().all()
-        assert s.run_spec("r-old") == {"k": 1}
+        assert s.run_spec("r-old") == {"k": 1} and s.run_provenance("r-old") is None
         with s.engine.connect() as conn:
             assert not compare_metadata(MigrationContext.configure(conn), Base.metadata)
 

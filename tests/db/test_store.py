@@ -16,13 +16,13 @@ from parcae_scaling.db import (
 def test_sweep_and_run_round_trip(store, make_run):
     assert store.record_sweep("sw", {"budgets": [1e18, 2e18], "sizes": ["small-140m"]})
     assert not store.record_sweep("sw", {"sizes": ["small-140m"], "budgets": [1e18, 2e18]})
-    rec = make_run("r1", params_core=14_155_776, backend="local", job_id="123", spec={"a": [1, 2], "b": {"c": "x"}})
+    rec = make_run("r1", core_params=14_155_776, backend="local", job_id="123", spec={"a": [1, 2], "b": {"c": "x"}})
     assert store.record_run(rec)
     assert not store.record_run(rec)  # identical re-record is a no-op
     runs = store.runs("sw")
     assert len(runs) == 1
     row = runs.iloc[0]
-    assert row.run_id == "r1" and row.params_core == 14_155_776 and row.mu_rec == 4
+    assert row.run_id == "r1" and row.core_params == 14_155_776 and row.mu_rec == 4
     assert row.budget_flops == 1e18 and row.status == "planned" and row.backend == "local"
     assert store.run_spec("r1") == {"a": [1, 2], "b": {"c": "x"}}
 

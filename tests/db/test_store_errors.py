@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from parcae_scaling.cli import fit_app, sweep_app
+from parcae_scaling.cli import sweep_app
+from parcae_scaling.fit_cli import fit_app
 from parcae_scaling.db import RunRecord, Store
 
 APPS = {"parcae-sweep": sweep_app, "parcae-fit": fit_app}
@@ -33,8 +34,8 @@ def _make_store(path: Path) -> None:
     with Store.open(f"sqlite:///{path}") as store:
         store.record_sweep("sw", {"name": "sw"})
         store.record_run(RunRecord(
-            run_id="r0", sweep="sw", spec={"id": "r0"}, model_family="parcae", model_size="tiny",
-            params_total=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
+            run_id="r0", sweep="sw", spec={"id": "r0"}, arch="parcae", model="tiny",
+            params=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
             flop_convention="reference", flops_per_token=1e6, tokens=1000))
         store.log_metric_rows([("r0", s, "loss", 5.0 - s / 100) for s in range(0, 2000, 10)])
     assert not Path(f"{path}-wal").exists()

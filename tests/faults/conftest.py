@@ -166,6 +166,11 @@ def assert_matches_reference(reference: Sweep) -> Callable[[Sweep], None]:
     return check
 
 
+def is_worker(cmd: list[bytes]) -> bool:
+    """A command line `python -m parcae_scaling.sweeps worker ...` (sweeps/entry.py)."""
+    return any(cmd[i:i + 3] == [b"-m", b"parcae_scaling.sweeps", b"worker"] for i in range(len(cmd)))
+
+
 def worker_pids(run_id: str) -> list[int]:
     """Live worker processes of one run (from /proc: the worker's command line names the run).
 
@@ -180,7 +185,7 @@ def worker_pids(run_id: str) -> list[int]:
             fields = (proc / "stat").read_text().split(")")[-1].split()
         except OSError:
             continue
-        if b"parcae_scaling.sweeps.worker" in cmd and run_id.encode() in cmd and fields[0] != "Z":
+        if is_worker(cmd) and run_id.encode() in cmd and fields[0] != "Z":
             found[int(proc.name)] = int(fields[1])
     return [pid for pid, parent in found.items() if parent not in found]
 

@@ -19,11 +19,12 @@ import time
 import pytest
 from sqlalchemy import text, update
 
-from parcae_scaling.db import RunStatus, Store
+from parcae_scaling.db import RunStatus, Store, Superseded
 from parcae_scaling.db.schema import Run
 from parcae_scaling.model.run_spec import RunSpec
+import parcae_scaling.sweeps.entry as entry
 from parcae_scaling.sweeps import get_backend, resume
-from parcae_scaling.sweeps.claims import FencedStore, Superseded, check_liveness, claim_runs, mark_stale
+from parcae_scaling.sweeps.claims import FencedStore, check_liveness, claim_runs, mark_stale
 from parcae_scaling.sweeps.worker import LOCK_FILE, lock_output_dir
 from parcae_scaling.sweeps.writer import classify
 
@@ -212,12 +213,14 @@ def test_fenced_writes_of_a_superseded_attempt_are_refused(new_sweep) -> None:
         old = FencedStore(store, run_id, int(store.runs(SWEEP).set_index("run_id").loc[run_id, "attempt"]))
         assert claim_runs(store, [run_id], backend="local", statuses=[RunStatus.PREEMPTED]) == {run_id: old.attempt + 1}
         for write in (lambda: old.log_metric_rows([(run_id, 1, "loss", 1.0)]), old.check,
-                      lambda: old.update_run(run_id, status=RunStatus.RUNNING)):
+                      lambda: old.update_run(run_id, status=RunStatus.RUNNING),
+                      lambda: old.log_evals(run_id, []), lambda: old.set_provenance(run_id, {"host": "old"})):
             with pytest.raises(Superseded):
                 write()
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM metrics WHERE run_id = :r"), {"r": run_id}).scalar() == 0
         assert store.runs(SWEEP).set_index("run_id").loc[run_id, "status"] == "pending"
+        assert store.run_provenance(run_id) is None
 
 
 def test_a_second_worker_on_a_locked_output_dir_fails_at_once_and_is_not_retried(new_sweep) -> None:
@@ -230,8 +233,7 @@ def test_a_second_worker_on_a_locked_output_dir_fails_at_once_and_is_not_retried
             conn.execute(update(Run).where(Run.id == run_id).values(status="preempted"))
         attempt = claim_runs(store, [run_id], backend="local", statuses=[RunStatus.PREEMPTED])[run_id]
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "parcae_scaling.sweeps.worker", "--store", sweep.url,
-                              "--run-id", run_id, "--attempt", str(attempt)],
+        out = subprocess.run(entry.command("worker", store=sweep.url, run_id=run_id, attempt=attempt),
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and time.monotonic() - t0 < 60
         row = store.runs(SWEEP).set_index("run_id").loc[run_id]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from parcae_scaling.cli import fit_app
+from parcae_scaling.fit_cli import fit_app
 from parcae_scaling.scaling.fit import fit_law
 from parcae_scaling.scaling.isoflop import isoflop
 from parcae_scaling.scaling.laws import get_law
@@ -77,8 +77,8 @@ def test_absent_sweep_in_store_lists_recorded_ones(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     with Store.open(url) as store:
         store.record_sweep("probe-base", {})
-        store.record_run(RunRecord(run_id="r0", sweep="probe-base", spec={"id": "r0"}, model_family="parcae",
-                                   model_size="small", params_total=1000, params_non_embedding=900, mu_rec=2,
+        store.record_run(RunRecord(run_id="r0", sweep="probe-base", spec={"id": "r0"}, arch="parcae",
+                                   model="small", params=1000, params_non_embedding=900, mu_rec=2,
                                    mu_bwd=1, budget_flops=1e12, flop_convention="reference",
                                    flops_per_token=1e6, tokens=1_000_000))
     for command in ("isoflop", "parametric", "test-time"):

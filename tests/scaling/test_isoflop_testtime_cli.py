@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from parcae_scaling.cli import fit_app
+from parcae_scaling.fit_cli import fit_app
 from parcae_scaling.scaling.isoflop import IsoFlopResult, isoflop
 from parcae_scaling.scaling.powerlaw import fit_power_law
 from parcae_scaling.scaling.synthetic import synthetic_parcae_sweep, synthetic_test_time

@@ -56,7 +56,7 @@ def _final_losses(url: str, sweep: str) -> dict[tuple[str, int], float]:
     with Store.open(url) as store:
         df = store.final_losses(sweep)
     assert (df["status"] == RunStatus.SUCCEEDED.value).all(), df[["run_id", "status"]]
-    return {(r.model_size, int(r.mu_rec)): float(r.eval_loss) for r in df.itertuples()}
+    return {(r.model, int(r.mu_rec)): float(r.eval_loss) for r in df.itertuples()}
 
 
 # ---- data-parallel runs: a tiny 2-process spec, its 1-process reference, a write audit ----------

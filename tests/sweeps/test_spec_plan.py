@@ -42,13 +42,13 @@ def test_fixed_tokens_grid_baselines_and_zip(tiny_spec) -> None:  # noqa: ANN001
     assert sorted(r.run.mu_rec for r in fixed.runs) == [1, 1, 2, 4]  # 3 looped + transformer baseline
     grid = plan(spec_from_dict(tiny_spec(models=["parcae-tiny-48", "parcae-tiny-64"], budgets_flops=[1e10, 2e10],
                                          mu_rec=[2], baselines=[])))
-    assert {(r.model_size.split("[")[0], r.budget_flops) for r in grid.runs} == {
+    assert {(r.model.split("[")[0], r.budget_flops) for r in grid.runs} == {
         (m, b) for m in ("parcae-tiny-48", "parcae-tiny-64") for b in (1e10, 2e10)}
-    base = [r for r in plan(spec_from_dict(tiny_spec(budgets_flops=[1e10, 2e10]))).runs if r.family == "transformer"]
+    base = [r for r in plan(spec_from_dict(tiny_spec(budgets_flops=[1e10, 2e10]))).runs if r.arch == "transformer"]
     assert sorted(r.budget_flops for r in base) == [1e10, 2e10] and all(r.run.mu_rec == 1 for r in base)
     zipped = plan(spec_from_dict(tiny_spec(models=["parcae-tiny-48", "parcae-tiny-64"], budgets_flops=[1e10, 2e10],
                                            mu_rec=[2], baselines=[], zip=["models", "budgets_flops"])))
-    assert sorted((r.model_size.split("[")[0], r.budget_flops) for r in zipped.runs) == [
+    assert sorted((r.model.split("[")[0], r.budget_flops) for r in zipped.runs) == [
         ("parcae-tiny-48", 1e10), ("parcae-tiny-64", 2e10)]
 
 
@@ -116,5 +116,5 @@ def test_toml_spec_and_builtin_default(tmp_path: Path) -> None:
     assert len(plan(load_spec(path)).runs) == 2
     assert "default" in builtin_specs()
     default = plan(load_spec("default"))
-    assert {r.family for r in default.runs} == {"parcae", "transformer"}
+    assert {r.arch for r in default.runs} == {"parcae", "transformer"}
     assert len({r.run.mu_rec for r in default.runs}) >= 3 and not default.problems

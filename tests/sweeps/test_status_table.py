@@ -13,8 +13,8 @@ from parcae_scaling.sweeps import status_table
 
 
 def _run(run_id: str) -> RunRecord:
-    return RunRecord(run_id=run_id, sweep="lr", spec={"id": run_id}, model_family="parcae", model_size="tiny",
-                     params_total=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
+    return RunRecord(run_id=run_id, sweep="lr", spec={"id": run_id}, arch="parcae", model="tiny",
+                     params=10, params_non_embedding=5, mu_rec=2, mu_bwd=1, budget_flops=1e12,
                      flop_convention="reference", flops_per_token=1e6, tokens=1000)
 
 

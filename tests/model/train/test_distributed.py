@@ -75,4 +75,5 @@ def test_distributed_fields_are_validated(tmp_path: Path) -> None:
 def test_torchrun_command_runs_the_rank_entry_point(tmp_path: Path) -> None:
     cmd = torchrun_command(tmp_path / "s.json", nproc_per_node=2)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd
-    assert cmd[cmd.index("-m", 3) + 1] == "parcae_scaling.sweeps.ranks"
+    at = cmd.index("-m", 3)
+    assert cmd[at + 1:at + 4] == ["parcae_scaling.sweeps", "rank", str(tmp_path / "s.json")]

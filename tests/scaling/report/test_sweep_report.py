@@ -7,7 +7,7 @@ import re
 
 from typer.testing import CliRunner
 
-from parcae_scaling.cli import fit_app
+from parcae_scaling.fit_cli import fit_app
 from parcae_scaling.db import Store
 
 

@@ -1,0 +1,177 @@
+"""Command-line entry point `parcae-fit`: fits, frontiers and reports from a results CSV or a store.
+
+Argument parsing and printing only; every command calls scaling/ (the fit library) or
+scaling/report/ (analyses over the store). Declarations and the error boundary follow cli.py. The
+options several commands share (where to read and write, the effective-parameter count N(mu)) are
+declared once below and reach each command as one object (`_shared`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from parcae_scaling.cli import make_app
+from parcae_scaling.scaling.isoflop import XName
+from parcae_scaling.scaling.report.cli_support import EffectiveParamsMode, FitInputs, ParametricLaw, effective_params
+from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
+
+fit_app = make_app("parcae-fit", "Fit scaling laws to sweep results and draw publication figures.")
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+INPUT_OPTIONS = (
+    inspect.Parameter("csv", _KW, default=None, annotation=Annotated[
+        Path | None, typer.Argument(help="results CSV (run table; see scaling/data.py)")]),
+    inspect.Parameter("store", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option("--store", help="store URL (instead of a CSV)")]),
+    inspect.Parameter("sweep", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option("--sweep", help="sweep name in the store (report: several, comma-separated, "
+                                                 "each fitted and their stability compared)")]),
+    inspect.Parameter("out", _KW, default=Path("fits"), annotation=Annotated[
+        Path, typer.Option("--out", help="output folder for JSON and figures")]),
+    inspect.Parameter("model", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option("--model", help="model size to fit when the table holds several")]),
+)
+EFFECTIVE_PARAMS_OPTIONS = (
+    inspect.Parameter("kind", _KW, default="unrolled", annotation=Annotated[
+        EffectiveParamsMode, typer.Option("--effective-params", help="N(mu): 'unrolled' (non_core + core*mu) or "
+                                                                     "a column (--params-column)")]),
+    inspect.Parameter("non_core", _KW, default=None, annotation=Annotated[
+        float | None, typer.Option("--non-core", help="non-core params (else column non_core_params)")]),
+    inspect.Parameter("core", _KW, default=None, annotation=Annotated[
+        float | None, typer.Option("--core", help="core params (else column core_params)")]),
+    inspect.Parameter("column", _KW, default="params_effective", annotation=Annotated[
+        str, typer.Option("--params-column", help="column holding N(mu) for --effective-params column")]),
+)
+_BOOT = Annotated[int, typer.Option("--bootstrap", min=0, help="bootstrap resamples (0 = none)")]
+
+
+def _shared(name: str, options: tuple[inspect.Parameter, ...], build: Callable[..., Any]) -> Callable:
+    """Give a command the shared `options` and pass it `build(**their values)` as its parameter
+    `name`: each shared option is declared once, and the command sees one typed object."""
+    def decorate(fn: Callable) -> Callable:
+        own = [p.replace(kind=_KW) for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != name]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in options}
+            return fn(**kwargs, **{name: build(**values)})
+
+        command.__signature__ = inspect.Signature([*options, *own])  # type: ignore[attr-defined]
+        return command
+    return decorate
+
+
+with_inputs = _shared("inputs", INPUT_OPTIONS, FitInputs)
+with_effective_params = _shared("effective", EFFECTIVE_PARAMS_OPTIONS, effective_params)
+
+
+def _echo_frontier(fit: FitResult, front: Any) -> None:
+    """The fitted law, then about six points of its compute-optimal frontier."""
+    typer.echo(fit.summary())
+    for p in front.points[:: max(1, len(front.points) // 6)]:
+        tag = " (extrapolated)" if p.extrapolated else ""
+        typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
+                   f"L*={p.loss_star:.4f} vs fixed depth {p.baseline_loss:.4f}{tag}")
+
+
+@fit_app.command("isoflop")
+@with_inputs
+def fit_isoflop_command(
+    inputs: FitInputs,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    x: Annotated[XName, typer.Option(help="parabola variable")] = "mu_rec",
+) -> None:
+    """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
+    from parcae_scaling.scaling.report.analyses import looped_runs, run_isoflop
+
+    df, source = inputs.read()
+    typer.echo(run_isoflop(looped_runs(df), inputs.out, x=x, n_bootstrap=bootstrap, source=source).summary())
+
+
+@fit_app.command("parametric")
+@with_inputs
+@with_effective_params
+def fit_parametric_command(
+    inputs: FitInputs,
+    effective: Any,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    law: Annotated[ParametricLaw, typer.Option(help="law to fit (scaling/laws.py)")] = "parcae",
+) -> None:
+    """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
+    from parcae_scaling.scaling.report.analyses import looped_runs, run_parametric
+
+    df, source = inputs.read()
+    fit, extra = run_parametric(looped_runs(df), inputs.out, law_name=law, n_bootstrap=bootstrap, source=source,
+                                effective_params=effective)
+    typer.echo(fit.summary())
+    if "holdout" in extra:
+        typer.echo("  " + extra["holdout"]["summary"])
+
+
+@fit_app.command("test-time")
+@with_inputs
+def fit_test_time_command(inputs: FitInputs) -> None:
+    """Per-curve test-time fits (exp vs power forms) and the extrapolation check."""
+    from parcae_scaling.scaling.report.analyses import run_test_time
+
+    df, _ = inputs.read(kind="test_time")
+    typer.echo(run_test_time(df, inputs.out).summary())
+
+
+@fit_app.command("frontier")
+@with_inputs
+@with_effective_params
+def fit_frontier_command(inputs: FitInputs, effective: Any, bootstrap: _BOOT = DEFAULT_BOOTSTRAP) -> None:
+    """Compute-optimal frontier (looped vs fixed depth) from the Parcae law, with intervals."""
+    from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_parametric
+
+    df, source = inputs.read()
+    runs = looped_runs(df)
+    fit, _ = run_parametric(runs, inputs.out, n_bootstrap=bootstrap, source=source, effective_params=effective)
+    _echo_frontier(fit, run_frontier(runs, fit, inputs.out, effective_params=effective))
+
+
+@fit_app.command("report")
+@with_inputs
+@with_effective_params
+def fit_report_command(
+    inputs: FitInputs,
+    effective: Any,
+    bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
+    test_time_csv: Annotated[Path | None, typer.Option("--test-time-csv", help="test-time CSV")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="HTML report path (store input; default "
+                                                             "OUT/report.html)")] = None,
+    fits: Annotated[bool, typer.Option("--fits/--no-fits", help="fit laws (off: plan, status, stability only)")
+                    ] = True,
+) -> None:
+    """Everything: isoFLOP, parametric fit with held-out check, frontier, test-time; JSON + figures.
+    From a store also the plan, run statuses and training stability, in one self-contained HTML."""
+    from parcae_scaling.scaling.report.cli_support import csv_report
+
+    if inputs.store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
+        rep = csv_report(inputs.csv, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
+                         effective_params=effective, test_time_csv=test_time_csv)
+        typer.echo(rep.isoflop.summary())
+        _echo_frontier(rep.fit, rep.frontier)
+        if rep.test_time is not None:
+            typer.echo(rep.test_time.summary())
+        return
+    from parcae_scaling.scaling.report.html import write_html
+    from parcae_scaling.scaling.report.sweep_report import build_report
+
+    if inputs.csv is not None or not inputs.sweep:
+        raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
+    sweeps = [s.strip() for s in inputs.sweep.split(",") if s.strip()]
+    rep = build_report(inputs.store, sweeps, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
+                       effective_params=effective, fits=fits)
+    for s in rep.sections:
+        typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
+        if s.summary:
+            typer.echo("  " + s.summary.replace("\n", "\n  "))
+    path = write_html(rep, html or inputs.out / "report.html")
+    typer.echo(f"report: {path} ({len(rep.figures)} figures; PNG and PDF under {inputs.out})")
