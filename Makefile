@@ -13,6 +13,8 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 DEMO_DIR ?= out
 DEMO_STORE ?= sqlite:///$(DEMO_DIR)/parcae.sqlite
+DEMO_SPEC ?= default
+DEMO_SWEEP ?= default
 
 .PHONY: install demo lint test test-all bench clean
 
@@ -26,11 +28,12 @@ $(VENV)/.installed: pyproject.toml
 
 # The built-in default sweep (isoFLOP over mu_rec on the embedded corpus, local backend), then
 # every fit and figure in one HTML report: $(DEMO_DIR)/report/report.html.
+# DEMO_SPEC / DEMO_SWEEP: another spec and the sweep name it records (README: the reseeded check).
 demo: install
 	mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/parcae-sweep launch default --store $(DEMO_STORE)
-	$(VENV)/bin/parcae-sweep status default --store $(DEMO_STORE)
-	$(VENV)/bin/parcae-fit report --store $(DEMO_STORE) --sweep default --out $(DEMO_DIR)/report
+	$(VENV)/bin/parcae-sweep launch $(DEMO_SPEC) --store $(DEMO_STORE)
+	$(VENV)/bin/parcae-sweep status $(DEMO_SWEEP) --store $(DEMO_STORE)
+	$(VENV)/bin/parcae-fit report --store $(DEMO_STORE) --sweep $(DEMO_SWEEP) --out $(DEMO_DIR)/report
 
 lint: install
 	$(VENV)/bin/ruff check --no-cache .

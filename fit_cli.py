@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from parcae_scaling.cli import make_app
-from parcae_scaling.scaling.isoflop import XName
+from parcae_scaling.scaling.isoflop import Estimator, XName
 from parcae_scaling.scaling.report.cli_support import EffectiveParamsMode, FitInputs, ParametricLaw, effective_params
 from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
 
@@ -35,6 +35,10 @@ INPUT_OPTIONS = (
         Path, typer.Option("--out", help="output folder for JSON and figures")]),
     inspect.Parameter("model", _KW, default=None, annotation=Annotated[
         str | None, typer.Option("--model", help="model size to fit when the table holds several")]),
+    inspect.Parameter("assumed_sd", _KW, default=None, annotation=Annotated[
+        float | None, typer.Option("--assumed-noise-sd",
+                                   help="seed-to-seed SD of one run's loss (nats) to assume where the table has no "
+                                        "replicates (default: the spec's noise.assumed_sd, else 0.01)")]),
 )
 EFFECTIVE_PARAMS_OPTIONS = (
     inspect.Parameter("kind", _KW, default="unrolled", annotation=Annotated[
@@ -73,6 +77,7 @@ with_effective_params = _shared("effective", EFFECTIVE_PARAMS_OPTIONS, effective
 def _echo_frontier(fit: FitResult, front: Any) -> None:
     """The fitted law, then about six points of its compute-optimal frontier."""
     typer.echo(fit.summary())
+    typer.echo(front.summary())
     for p in front.points[:: max(1, len(front.points) // 6)]:
         tag = " (extrapolated)" if p.extrapolated else ""
         typer.echo(f"C={p.budget_flops:.3g}: mu*={p.mu_star:.3g} D*={p.tokens_star:.3g} "
@@ -85,12 +90,17 @@ def fit_isoflop_command(
     inputs: FitInputs,
     bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
     x: Annotated[XName, typer.Option(help="parabola variable")] = "mu_rec",
+    estimator: Annotated[Estimator, typer.Option(help="per-budget curve: a parabola over all cells, a cubic, or "
+                                                      "(local) a parabola over the best cell and its neighbours")
+                         ] = "parabola",
 ) -> None:
-    """Per-budget parabolas and the mu*(C), D*(C), L*(C) power laws."""
+    """Per-budget optima over cell means (replicates averaged) and the mu*(C), D*(C), L*(C) power laws,
+    with intervals from the replicate noise."""
     from parcae_scaling.scaling.report.analyses import looped_runs, run_isoflop
 
     df, source = inputs.read()
-    typer.echo(run_isoflop(looped_runs(df), inputs.out, x=x, n_bootstrap=bootstrap, source=source).summary())
+    typer.echo(run_isoflop(looped_runs(df), inputs.out, x=x, n_bootstrap=bootstrap, source=source,
+                           assumed_sd=inputs.assumed_sd, estimator=estimator).summary())
 
 
 @fit_app.command("parametric")
@@ -107,7 +117,8 @@ def fit_parametric_command(
 
     df, source = inputs.read()
     fit, extra = run_parametric(looped_runs(df), inputs.out, law_name=law, n_bootstrap=bootstrap, source=source,
-                                effective_params=effective)
+                                effective_params=effective, assumed_sd=inputs.assumed_sd)
+    typer.echo(extra["noise"])
     typer.echo(fit.summary())
     if "holdout" in extra:
         typer.echo("  " + extra["holdout"]["summary"])
@@ -132,7 +143,8 @@ def fit_frontier_command(inputs: FitInputs, effective: Any, bootstrap: _BOOT = D
 
     df, source = inputs.read()
     runs = looped_runs(df)
-    fit, _ = run_parametric(runs, inputs.out, n_bootstrap=bootstrap, source=source, effective_params=effective)
+    fit, _ = run_parametric(runs, inputs.out, n_bootstrap=bootstrap, source=source, effective_params=effective,
+                            assumed_sd=inputs.assumed_sd)
     _echo_frontier(fit, run_frontier(runs, fit, inputs.out, effective_params=effective))
 
 
@@ -155,7 +167,7 @@ def fit_report_command(
 
     if inputs.store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
         rep = csv_report(inputs.csv, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
-                         effective_params=effective, test_time_csv=test_time_csv)
+                         effective_params=effective, test_time_csv=test_time_csv, assumed_sd=inputs.assumed_sd)
         typer.echo(rep.isoflop.summary())
         _echo_frontier(rep.fit, rep.frontier)
         if rep.test_time is not None:
@@ -168,7 +180,7 @@ def fit_report_command(
         raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
     sweeps = [s.strip() for s in inputs.sweep.split(",") if s.strip()]
     rep = build_report(inputs.store, sweeps, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
-                       effective_params=effective, fits=fits)
+                       effective_params=effective, fits=fits, assumed_sd=inputs.assumed_sd)
     for s in rep.sections:
         typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
         if s.summary:

@@ -1,4 +1,10 @@
-"""Fit a registered law to a table: multi-start robust fit, then a run-level bootstrap."""
+"""Fit a registered law to a table: multi-start robust fit, then a bootstrap.
+
+The bootstrap is parametric when a noise model is given (scaling/replicates.py: every run's loss
+redrawn around the fitted law with the measured or assumed replicate SD, the SD itself drawn per
+replica), else it resamples runs. Parameters whose interval spans an order of magnitude or more
+(or reaches zero) are reported as not identified; derived quantities such as the allocation
+exponent may still be."""
 
 from __future__ import annotations
 
@@ -8,9 +14,11 @@ import pandas as pd
 from parcae_scaling.scaling.data import validate_table
 from parcae_scaling.scaling.laws import Law
 from parcae_scaling.scaling.optimize import LossName, Objective, batched_lbfgs, polish
-from parcae_scaling.scaling.results import DataSelection, FitResult, percentile_interval
+from parcae_scaling.scaling.replicates import NoiseModel
+from parcae_scaling.scaling.results import ConfidenceInterval, DataSelection, FitResult, percentile_interval
 
 MIN_POINTS_PER_PARAMETER = 5.0  # below this a fit is flagged as under-determined
+MAX_IDENTIFIED_SPAN = 10.0  # an interval with high / low above this does not pin the value down
 
 
 def _bounds_arrays(law: Law) -> tuple[np.ndarray, np.ndarray, list[tuple[float | None, float | None]]]:
@@ -123,6 +131,7 @@ def fit_law(
     key: tuple[str, ...] = (),
     source: str = "",
     filters: tuple[str, ...] = (),
+    noise: NoiseModel | None = None,
 ) -> FitResult:
     """Fit `law` to df[law.columns + loss] on log loss from every start in the law's grid.
 
@@ -188,21 +197,41 @@ def fit_law(
     intervals, derived_intervals, samples, unidentified = {}, {}, (), ()
     if n_bootstrap:
         groups = _run_groups(data, group)
-        n_degenerate = degenerate_replicas(bootstrap_weights(groups, n_bootstrap, seed), n_params)
-        if n_degenerate > (1 - level) / 2 * n_bootstrap:  # enough to set an interval endpoint
+        n_degenerate = 0 if noise else degenerate_replicas(bootstrap_weights(groups, n_bootstrap, seed), n_params)
+        if noise is not None and len(data) < 2 * n_params:
+            # Refits of redrawn losses with fewer than 2 points per parameter follow the noise exactly.
+            unidentified = tuple(law.param_names) + tuple(law.derived)
+            warnings.append(f"not identified: {len(data)} points for {n_params} free parameters leave too few to "
+                            "average the noise out, so no interval is given (add runs: >= "
+                            f"{2 * n_params} for intervals, >= {MIN_POINTS_PER_PARAMETER * n_params:g} for reliable "
+                            "values)")
+        elif n_degenerate > (1 - level) / 2 * n_bootstrap:  # enough to set an interval endpoint
             unidentified = tuple(law.param_names) + tuple(law.derived)
             warnings.append(f"not identified: {n_degenerate} of {n_bootstrap} bootstrap resamples hold fewer "
                             f"distinct points than the {n_params} free parameters, so no interval is given "
                             "(add runs)")
         else:
-            boot = bootstrap_fit(objective, theta_p, groups, n_bootstrap, lower, upper, seed)
+            if noise is not None:
+                boot = parametric_bootstrap_fit(objective, theta_p, noise, n_bootstrap, lower, upper, seed)
+                method = f"parametric bootstrap ({'measured' if noise.measured else 'assumed'} noise SD)"
+            else:
+                boot = bootstrap_fit(objective, theta_p, groups, n_bootstrap, lower, upper, seed)
+                method = "percentile bootstrap (runs resampled)"
             boot = boot @ t_mat.T
             nat = law.to_natural(boot)
             samples = tuple(tuple(float(v) for v in row) for row in nat)
-            intervals = {n: percentile_interval(nat[:, j], level) for j, n in enumerate(law.param_names)}
+            intervals = {n: percentile_interval(nat[:, j], level, method=method)
+                         for j, n in enumerate(law.param_names)}
             rows = [dict(zip(law.param_names, r)) for r in nat]
-            derived_intervals = {k: percentile_interval(np.array([fn(r) for r in rows]), level)
+            derived_intervals = {k: percentile_interval(np.array([fn(r) for r in rows]), level, method=method)
                                  for k, fn in law.derived.items()}
+            spread = [n for n, ci in {**intervals, **derived_intervals}.items()
+                      if not _pinned(ci, {**params, **derived}[n])]
+            if spread:
+                unidentified = tuple(spread)
+                kept = [k for k in derived if k not in spread]
+                warnings.append(f"not identified: {', '.join(spread)} (their intervals span an order of magnitude "
+                                "or more, or reach zero)" + (f"; identified: {', '.join(kept)}" if kept else ""))
     flop_conv = ""
     if "flop_convention" in data.columns:
         flop_conv = ",".join(sorted(set(map(str, data["flop_convention"].dropna()))))
@@ -230,6 +259,32 @@ def fit_law(
         bootstrap_params=samples,
         unidentified=unidentified,
     )
+
+
+def _pinned(ci: ConfidenceInterval, value: float) -> bool:
+    """Whether an interval pins a value down: finite, and within a factor MAX_IDENTIFIED_SPAN
+    for a positive value (for a value <= 0: narrower than its own magnitude)."""
+    if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+        return False
+    if value > 0:
+        return ci.low > 0 and ci.high / ci.low < MAX_IDENTIFIED_SPAN
+    return ci.high - ci.low < max(abs(value), 1e-12)
+
+
+def parametric_bootstrap_fit(objective: Objective, theta_hat: np.ndarray, noise: NoiseModel, n_resamples: int,
+                             lower: np.ndarray, upper: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(B, P) fit-space optima of B replicas whose losses are redrawn around the fitted law:
+    loss_i* = prediction_i + sd_b * z_i (sd_b from the noise model), warm-started at theta_hat."""
+    rng = np.random.default_rng(seed)
+    predicted = np.exp(objective.residuals(theta_hat)[0] + objective.log_y)
+    sd = noise.draw_sd(rng, n_resamples)
+    losses = predicted + sd[:, None] * rng.standard_normal((n_resamples, predicted.size))
+    log_y = np.log(np.maximum(losses, 1e-6 * predicted))  # a draw below zero is a (rare) extreme tail
+    ones = np.ones(predicted.size)
+    x0 = np.repeat(np.asarray(theta_hat, dtype=float)[None, :], n_resamples, axis=0)
+    res = batched_lbfgs(lambda x, idx: objective.value_and_grad(x, ones, log_y[idx]), x0, lower, upper,
+                        ftol=1e-10, gtol=1e-12, f_scale=0.0, max_iter=500)
+    return res.x
 
 
 def bootstrap_fit(

@@ -8,7 +8,7 @@ at mu_rec = 1. Intervals come from the fit's bootstrap replicas.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,7 @@ class FrontierPoint:
     mu_star_interval: ConfidenceInterval | None = None
     loss_star_interval: ConfidenceInterval | None = None
     baseline_loss_interval: ConfidenceInterval | None = None
+    gap_interval: ConfidenceInterval | None = None  # loss_star - baseline_loss (looped minus fixed depth)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,9 +74,27 @@ class FrontierResult:
     flops_per_token: FlopsPerToken
     sampled_budgets: tuple[float, float]
     bootstrap_dropped: int = 0  # refits left out of the intervals (a coefficient out of float range)
+    # mu*(C) and D*(C) exponents of the fitted law over the frontier's budgets, with bootstrap intervals
+    exponents: dict[str, float] = field(default_factory=dict)
+    exponent_intervals: dict[str, ConfidenceInterval] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=True)
+
+    def summary(self) -> str:
+        """The exponents of the law's frontier and the looped-minus-fixed-depth gap at the sampled budgets."""
+        lines = []
+        for name, value in self.exponents.items():
+            ci = self.exponent_intervals.get(name)
+            lines.append(f"{name}* ∝ C^{value:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")
+                         + " (fitted law, over the frontier's budgets)")
+        inside = [p for p in self.points if not p.extrapolated and p.gap_interval is not None]
+        for p in inside[:: max(1, (len(inside) - 1) // 3 or 1)]:  # about four budgets across the sampled range
+            ci = p.gap_interval
+            resolved = "resolved" if ci.high < 0 or ci.low > 0 else "not resolved"
+            lines.append(f"C={p.budget_flops:.3g}: looped minus fixed depth {p.loss_star - p.baseline_loss:+.4f} "
+                         f"[{ci.low:+.4f}, {ci.high:+.4f}] ({resolved})")
+        return "\n".join(lines)
 
     def budget_for_loss(self, loss: float, *, baseline: bool = False) -> float:
         """Lowest budget on the frontier that reaches `loss` (log-linear interpolation)."""
@@ -112,20 +131,34 @@ def frontier(
         theta = np.vstack([theta, boot])
     lo, hi = sampled_budgets or (budgets.min(), budgets.max())
     points = []
+    mu_stars = []
     for c in budgets:
         grid = pd.DataFrame({"mu_rec": mu, "tokens": c / flops_per_token(mu), **(reference or {})})
         loss = np.exp(law.log_predict(theta, grid))  # (S, len(mu))
         best = loss.argmin(axis=1)
         s_idx = np.arange(len(theta))
         mu_s, loss_s, base = mu[best], loss[s_idx, best], loss[:, 0]
+        mu_stars.append(mu_s)
         ci = (lambda v: percentile_interval(v[1:], level)) if len(theta) > 1 else (lambda v: None)
         points.append(FrontierPoint(
             budget_flops=float(c), mu_star=float(mu_s[0]), tokens_star=float(c / flops_per_token(mu_s[0])),
             loss_star=float(loss_s[0]), baseline_loss=float(base[0]),
             baseline_tokens=float(c / flops_per_token(1.0)), extrapolated=bool(c < lo * 0.999 or c > hi * 1.001),
-            mu_star_interval=ci(mu_s), loss_star_interval=ci(loss_s), baseline_loss_interval=ci(base)))
+            mu_star_interval=ci(mu_s), loss_star_interval=ci(loss_s), baseline_loss_interval=ci(base),
+            gap_interval=ci(loss_s - base)))
+    exponents, exponent_intervals = {}, {}
+    if budgets.size >= 2:  # slopes of ln mu*, ln D* on ln C, per replica (row 0: the fit itself)
+        log_c = np.log(budgets) - np.log(budgets).mean()
+        mu_all = np.stack(mu_stars, axis=1)  # (S, budgets)
+        for name, values in (("mu_rec", mu_all), ("tokens", budgets / flops_per_token(mu_all))):
+            y = np.log(values)
+            slopes = ((y - y.mean(axis=1, keepdims=True)) * log_c).sum(axis=1) / (log_c**2).sum()
+            exponents[name] = float(slopes[0])
+            if len(theta) > 1:
+                exponent_intervals[name] = percentile_interval(slopes[1:], level)
     return FrontierResult(law=fit.law, points=tuple(points), flops_per_token=flops_per_token,
-                          sampled_budgets=(float(lo), float(hi)), bootstrap_dropped=dropped)
+                          sampled_budgets=(float(lo), float(hi)), bootstrap_dropped=dropped,
+                          exponents=exponents, exponent_intervals=exponent_intervals)
 
 
 def _bootstrap_in_fit_space(fit: FitResult, law: Law) -> tuple[np.ndarray, int]:
@@ -151,10 +184,13 @@ class HoldoutResult:
     mean_abs_pct_error: float
     max_abs_pct_error: float
     fit: FitResult
+    n_inside: int | None = None  # held-out runs inside their 95% prediction interval (None: no bootstrap)
 
     def summary(self) -> str:
+        inside = "" if self.n_inside is None else (f"; {self.n_inside}/{self.n_heldout} inside their 95% "
+                                                    "prediction intervals")
         return (f"held-out budget {self.heldout_budget_flops:.3g} ({self.n_heldout} runs): "
-                f"mean |error| {self.mean_abs_pct_error:.2f}%, max {self.max_abs_pct_error:.2f}%")
+                f"mean |error| {self.mean_abs_pct_error:.2f}%, max {self.max_abs_pct_error:.2f}%{inside}")
 
 
 def holdout_largest_budget(law: Law, df: pd.DataFrame, **fit_options) -> HoldoutResult:
@@ -167,6 +203,15 @@ def holdout_largest_budget(law: Law, df: pd.DataFrame, **fit_options) -> Holdout
         raise ValueError("held-out validation needs >= 3 budgets (2 to fit, the largest to predict)")
     fit = fit_law(law, train, filters=(f"budget_flops < {top:.6g}",), **fit_options)
     pred = law.predict(fit.params, test)
-    err = 100 * np.abs(pred - test["loss"].to_numpy(float)) / test["loss"].to_numpy(float)
+    actual = test["loss"].to_numpy(float)
+    err = 100 * np.abs(pred - actual) / actual
+    inside = None
+    noise = fit_options.get("noise")
+    if fit.bootstrap_params and noise is not None:  # a new run = the law's uncertainty + one run's noise
+        rng = np.random.default_rng(fit_options.get("seed", 0))
+        draws = np.stack([law.predict(dict(zip(law.param_names, row)), test) for row in fit.bootstrap_params])
+        draws = draws + noise.draw_sd(rng, len(draws))[:, None] * rng.standard_normal(draws.shape)
+        lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
+        inside = int(np.sum((lo <= actual) & (actual <= hi)))
     return HoldoutResult(heldout_budget_flops=top, n_heldout=len(test), mean_abs_pct_error=float(err.mean()),
-                         max_abs_pct_error=float(err.max()), fit=fit)
+                         max_abs_pct_error=float(err.max()), fit=fit, n_inside=inside)

@@ -71,24 +71,29 @@ class Objective:
         lse = m + np.log(np.exp(t - m[:, None, :]).sum(axis=1))
         return lse - self.log_y
 
-    def value_and_grad(self, theta: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """theta (S, P), weights (S, n) or (n,) -> objective (S,), gradient (S, P)."""
+    def value_and_grad(self, theta: np.ndarray, weights: np.ndarray,
+                       log_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """theta (S, P), weights (S, n) or (n,) -> objective (S,), gradient (S, P). `log_y` (S, n):
+        one target vector per row of theta (a parametric bootstrap); default: the fitted data."""
         theta = np.atleast_2d(theta)
         # Work in blocks of starts: temporaries stay cache-sized and are not fresh mmaps
         # (page faults otherwise dominate the run time).
         block = max(1, _BLOCK_ELEMENTS // (self.design.shape[0] * self.design.shape[1]))
         if theta.shape[0] <= block:
-            return self._value_and_grad(theta, weights)
+            return self._value_and_grad(theta, weights, log_y)
         weights = np.asarray(weights, dtype=float)
         per_row = weights.ndim == 2
         f = np.empty(theta.shape[0])
         g = np.empty_like(theta)
         for i in range(0, theta.shape[0], block):
             sl = slice(i, i + block)
-            f[sl], g[sl] = self._value_and_grad(theta[sl], weights[sl] if per_row else weights)
+            f[sl], g[sl] = self._value_and_grad(theta[sl], weights[sl] if per_row else weights,
+                                                None if log_y is None else log_y[sl])
         return f, g
 
-    def _value_and_grad(self, theta: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _value_and_grad(self, theta: np.ndarray, weights: np.ndarray,
+                        log_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        target = self.log_y if log_y is None else log_y
         s_count, n = theta.shape[0], self.log_y.shape[0]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             tv = (theta @ self._flat_v).reshape(s_count, self._kv, n)
@@ -103,7 +108,7 @@ class Objective:
             ev = np.exp(tv - m[:, None, None])
             ec = np.exp(tc - m[:, None])
             s = ev.sum(axis=1) + ec.sum(axis=1)[:, None]
-            r = m[:, None] + np.log(s) - self.log_y
+            r = m[:, None] + np.log(s) - target
             psi = np.clip(r, -self.delta, self.delta) if self.loss == "huber" else r
             rho = psi * (r - 0.5 * psi)  # Huber and squares in one formula
             w = np.broadcast_to(weights, r.shape)
@@ -114,17 +119,17 @@ class Objective:
                 g += (q.sum(axis=1)[:, None] * ec) @ self._const
             bad = ~(np.isfinite(f) & np.all(s > 1e-250, axis=1))
             if bad.any():
-                f[bad], g[bad] = self._stable(theta[bad], w[bad])
+                f[bad], g[bad] = self._stable(theta[bad], w[bad], target if target.ndim == 1 else target[bad])
         return f, g
 
-    def _stable(self, theta: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stable(self, theta: np.ndarray, w: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-point shifted log-sum-exp: slower, used only where the fast path fails."""
         k, n, _ = self.design.shape
         t = (theta @ self._flat).reshape(-1, k, n)
         m = t.max(axis=1, keepdims=True)
         e = np.exp(t - m)
         s = e.sum(axis=1)
-        r = m[:, 0, :] + np.log(s) - self.log_y
+        r = m[:, 0, :] + np.log(s) - target
         psi = np.clip(r, -self.delta, self.delta) if self.loss == "huber" else r
         f = (w * psi * (r - 0.5 * psi)).sum(axis=-1)
         g = ((w * psi / s)[:, None, :] * e).reshape(len(theta), -1) @ self._flat.T

@@ -24,19 +24,29 @@ def synthetic_parcae_sweep(
     mu_values: tuple[int, ...] = (1, 2, 4, 6, 8, 12),
     noise: float = 0.002,
     seed: int = 0,
+    replicates: int = 1,
+    additive_sd: float | None = None,
 ) -> pd.DataFrame:
-    """Run table (RUN_COLUMNS + non_core_params, core_params) from the Parcae law."""
+    """Run table (RUN_COLUMNS + non_core_params, core_params, seed) from the Parcae law:
+    `replicates` runs per cell, with multiplicative log-normal noise `noise`, or additive
+    Gaussian noise of SD `additive_sd` nats (the replicate noise model of scaling/replicates.py)."""
     rows = []
     for c in budgets_flops:
         for mu in mu_values:
             fpt = flops_per_token[0] + flops_per_token[1] * mu
-            rows.append({"run_id": f"c{c:.0e}-mu{mu}", "budget_flops": c, "mu_rec": float(mu),
-                         "tokens": float(int(c / fpt)), "params": non_core + core,
-                         "non_core_params": non_core, "core_params": core, "flop_convention": "synthetic"})
+            for r in range(replicates):
+                rows.append({"run_id": f"c{c:.0e}-mu{mu}" + (f"-s{r}" if replicates > 1 else ""), "budget_flops": c,
+                             "mu_rec": float(mu), "tokens": float(int(c / fpt)), "params": non_core + core,
+                             "non_core_params": non_core, "core_params": core, "flop_convention": "synthetic",
+                             "seed": r})
     df = pd.DataFrame(rows)
     law = get_law("parcae", effective_params=UnrolledParams(non_core=non_core, core=core))
     rng = np.random.default_rng(seed)
-    df["loss"] = law.predict(params, df) * np.exp(noise * rng.standard_normal(len(df)))
+    truth = law.predict(params, df)
+    if additive_sd is not None:
+        df["loss"] = truth + additive_sd * rng.standard_normal(len(df))
+    else:
+        df["loss"] = truth * np.exp(noise * rng.standard_normal(len(df)))
     return df
 
 

@@ -31,6 +31,8 @@ class TestTimeCurve:
     loss: tuple[float, ...]
     fits: dict[str, CurveFit]
     l_inf_gap: float  # (L_inf - L(T = mu_rec)) / L(T = mu_rec) for the exponential form
+    budget_flops: float = float("nan")  # the run's budget, where the table has one (figure labels)
+    tokens: float = float("nan")
 
     @property
     def best_form(self) -> str:
@@ -107,7 +109,8 @@ def fit_test_time(
             l_mu = float(at_mu["loss"].mean())
             gap = (fits["tt_exp"].params["L_inf"] - l_mu) / l_mu
         curves.append(TestTimeCurve(run_id=str(run_id), mu_rec=mu, recurrence=tuple(g["recurrence"].astype(float)),
-                                    loss=tuple(g["loss"].astype(float)), fits=fits, l_inf_gap=gap))
+                                    loss=tuple(g["loss"].astype(float)), fits=fits, l_inf_gap=gap,
+                                    **{c: float(g[c].iloc[0]) for c in ("budget_flops", "tokens") if c in g.columns}))
     if not curves:
         raise ValueError("test-time input: no curve has >= 4 evaluation depths; evaluate at T = 1..2·mu_rec")
     by_form = {f: float(np.mean([c.fits[f].mean_huber for c in curves])) for f in forms}

@@ -14,7 +14,8 @@ become baselines on the same budgets. Every error names the file, the field and 
     mu_rec: [1, 2, 4]
     mu_bwd: half                        # half = ceil(mu_rec / 2) (paper) | full = mu_rec | an integer
     zip: []                             # e.g. [models, budgets_flops]: pair those lists elementwise
-    seeds: [0]
+    seeds: [0]                          # several seeds: replicates, whose spread is the noise floor
+    noise: {assumed_sd: 0.005}          # optional: the noise to assume where there are no replicates
     recipe: {batch_size: 16, optimizer: {name: adamw, lr: 3e-3}, schedule: {cooldown_frac: 0.5}}
     data: {source: embedded, tokenizer: byte}
     resources: {cpus_per_run: 1, max_concurrent: 2, device: cpu, mfu: 0.3}
@@ -137,6 +138,20 @@ class RecipeSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NoiseSpec:
+    """The seed-to-seed SD of a run's loss the analyses assume where the sweep has no replicates
+    (with replicates they measure it; scaling/replicates.py)."""
+
+    assumed_sd: float | None = None  # nats/token; None: the toolkit's default assumption
+
+    def __post_init__(self) -> None:
+        v = self.assumed_sd
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or v <= 0):
+            raise ValueError(f"noise.assumed_sd must be a positive number of nats/token, got {v!r}; e.g. 0.005")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ResourceSpec:
     """What each run asks of a backend, and the assumptions of the cost estimate.
 
@@ -208,6 +223,7 @@ class SweepSpec:
     recipe: RecipeSpec = field(default_factory=RecipeSpec)
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
+    noise: NoiseSpec = field(default_factory=NoiseSpec)
     output_root: str = "runs"
     description: str = ""
     source: str = "<spec>"  # the file it came from, for error messages
@@ -456,6 +472,7 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
         seeds=_parse_axis(raw.get("seeds", [0]), integer=True), recipe=recipe,
         data=_sub(src, "data.", raw.get("data"), DataSpec),
         resources=_sub(src, "resources.", raw.get("resources"), ResourceSpec),
+        noise=_sub(src, "noise.", raw.get("noise"), NoiseSpec),
         output_root=str(raw.get("output_root", "runs")), description=str(raw.get("description", "")), source=src,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,9 @@ from parcae_scaling.scaling.report.figures import (
 )
 from parcae_scaling.scaling.fit import fit_law
 from parcae_scaling.scaling.frontier import FrontierResult, flops_per_token_from_runs, frontier, holdout_largest_budget
-from parcae_scaling.scaling.isoflop import IsoFlopResult, isoflop
+from parcae_scaling.scaling.isoflop import Estimator, IsoFlopResult, isoflop
 from parcae_scaling.scaling.laws import get_law
+from parcae_scaling.scaling.replicates import NoiseModel, baseline_differences, cells, noise_model
 from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
 from parcae_scaling.scaling.testtime import TestTimeResult, fit_test_time
 
@@ -46,8 +47,8 @@ def looped_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstrap: int = DEFAULT_BOOTSTRAP,
-                source: str = "") -> IsoFlopResult:
-    res = isoflop(df, x=x, n_bootstrap=n_bootstrap, source=source)
+                source: str = "", assumed_sd: float | None = None, estimator: Estimator = "parabola") -> IsoFlopResult:
+    res = isoflop(df, x=x, n_bootstrap=n_bootstrap, source=source, assumed_sd=assumed_sd, estimator=estimator)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "isoflop.json").write_text(res.to_json())
     isoflop_figure(res, df, out_dir)
@@ -57,14 +58,16 @@ def run_isoflop(df: pd.DataFrame, out_dir: Path, *, x: str = "mu_rec", n_bootstr
 
 def run_parametric(df: pd.DataFrame, out_dir: Path, *, law_name: str = "parcae",
                    effective_params: EffectiveParams | None = None, n_bootstrap: int = DEFAULT_BOOTSTRAP,
-                   holdout: bool = True, source: str = "") -> tuple[FitResult, dict]:
+                   holdout: bool = True, source: str = "", assumed_sd: float | None = None) -> tuple[FitResult, dict]:
+    """The law fitted with its bootstrap drawn from the replicate noise (measured, or assumed)."""
     options = {} if law_name in ("chinchilla",) else {"effective_params": effective_params}
     law = get_law(law_name, **options)
-    fit = fit_law(law, df, n_bootstrap=n_bootstrap, source=source, key=("run_id",))
-    extra: dict = {}
+    noise = _noise(df, assumed_sd)
+    fit = fit_law(law, df, n_bootstrap=n_bootstrap, source=source, key=("run_id",), noise=noise)
+    extra: dict = {"noise": noise.describe()}
     if holdout and "budget_flops" in df.columns and df["budget_flops"].nunique() >= 3:
         try:
-            ho = holdout_largest_budget(law, df)
+            ho = holdout_largest_budget(law, df, noise=noise, n_bootstrap=n_bootstrap)
         except ValueError as err:  # the smaller budgets alone may not determine the law: say so
             extra["holdout"] = {"summary": f"held-out check skipped: {err}"}
         else:
@@ -77,6 +80,52 @@ def run_parametric(df: pd.DataFrame, out_dir: Path, *, law_name: str = "parcae",
     (out_dir / f"fit_{law_name}_full.json").write_text(fit.to_json(indent=None))
     residuals_figure(fit, law, fit_input(df, law), out_dir)
     return fit, extra
+
+
+def _noise(df: pd.DataFrame, assumed_sd: float | None) -> NoiseModel:
+    valid = df[df["loss"].notna()]
+    return noise_model(cells(valid), assumed_sd=assumed_sd)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseReport:
+    """A sweep's replicate structure: cell means, noise floors and differences from the baselines."""
+
+    noise: NoiseModel
+    cells: pd.DataFrame
+    floors: pd.DataFrame
+    differences: dict[str, pd.DataFrame]  # baseline name -> per-cell differences with intervals
+
+    def summary(self) -> str:
+        lines = [self.noise.describe()]
+        for name, d in self.differences.items():
+            for r in d.itertuples():
+                verdict = "resolved" if r.resolved else "not resolved at this noise"
+                lines.append(f"  C={r.budget_flops:.3g} {r.arch} mu_rec={r.mu_rec:g} minus {name}: "
+                             f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}] ({verdict})")
+        return "\n".join(lines)
+
+
+def run_noise(df: pd.DataFrame, out_dir: Path, *, assumed_sd: float | None = None) -> NoiseReport:
+    """Cells, noise floors and each cell's difference from the fixed-depth baselines (the Transformer,
+    and mu_rec = 1 of the looped model) per budget."""
+    table = cells(df[df["loss"].notna()])
+    noise = noise_model(table, assumed_sd=assumed_sd)
+    arch = table["arch"].astype(str) if "arch" in table.columns else pd.Series("parcae", index=table.index)
+    diffs = {}
+    baselines = {"transformer": arch == "transformer",
+                 "mu_rec=1": (arch != "transformer") & (table.get("mu_rec", pd.Series(0, index=table.index)) == 1)}
+    for name, mask in baselines.items():
+        if mask.any():
+            d = baseline_differences(table[(arch != "transformer") | mask], noise, baseline=mask, label=name)
+            if len(d):
+                diffs[name] = d
+    floors = pd.DataFrame([{"arch": f.arch, "budget_flops": f.budget_flops, "sd": f.sd, "dof": f.dof,
+                            "cells": f.n_cells, "low": f.interval.low if f.interval else float("nan"),
+                            "high": f.interval.high if f.interval else float("nan")} for f in noise.floors])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "cells.csv", index=False)
+    return NoiseReport(noise=noise, cells=table, floors=floors, differences=diffs)
 
 
 def fit_input(df: pd.DataFrame, law) -> pd.DataFrame:
@@ -99,7 +148,9 @@ def run_frontier(df: pd.DataFrame, fit: FitResult, out_dir: Path, *,
     budgets = np.geomspace(c.min() / 2, c.max() * extrapolate, 25)
     reference = {col: float(df[col].iloc[0]) for col in law.columns if col not in ("mu_rec", "tokens")}
     front = frontier(fit, law, fpt, budgets, reference=reference, sampled_budgets=(c.min(), c.max()))
+    sampled = frontier(fit, law, fpt, np.unique(c), reference=reference)  # exponents over the sampled budgets only
+    front = replace(front, exponents=sampled.exponents, exponent_intervals=sampled.exponent_intervals)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "frontier.json").write_text(front.to_json())
-    frontier_figure(front, out_dir)
+    frontier_figure(front, out_dir, fit)
     return front

@@ -38,6 +38,7 @@ class FitInputs:
     sweep: str | None
     out: Path
     model: str | None
+    assumed_sd: float | None = None  # the noise to assume without replicates (None: the spec's, else the default)
 
     def read(self, kind: str = "runs") -> tuple[pd.DataFrame, str]:
         return read_input(self.csv, self.store, self.sweep, kind=kind, model=self.model)
@@ -80,13 +81,15 @@ class CsvReport:
 
 
 def csv_report(csv: Path | None, out_dir: Path, *, model: str | None = None, n_bootstrap: int = DEFAULT_BOOTSTRAP,
-               effective_params: EffectiveParams | None = None, test_time_csv: Path | None = None) -> CsvReport:
+               effective_params: EffectiveParams | None = None, test_time_csv: Path | None = None,
+               assumed_sd: float | None = None) -> CsvReport:
     """The report from CSVs: isoFLOP, the Parcae law and its compute-optimal frontier, and test-time
     fits when a test-time CSV is given. A CSV holds fit inputs only, so no plan, status or HTML."""
     df, source = read_input(csv, None, None, model=model)
     runs = looped_runs(df)
-    iso = run_isoflop(runs, out_dir, n_bootstrap=n_bootstrap, source=source)
-    fit, _ = run_parametric(runs, out_dir, n_bootstrap=n_bootstrap, source=source, effective_params=effective_params)
+    iso = run_isoflop(runs, out_dir, n_bootstrap=n_bootstrap, source=source, assumed_sd=assumed_sd)
+    fit, _ = run_parametric(runs, out_dir, n_bootstrap=n_bootstrap, source=source, effective_params=effective_params,
+                            assumed_sd=assumed_sd)
     front = run_frontier(runs, fit, out_dir, effective_params=effective_params)
     test_time = None
     if test_time_csv is not None:

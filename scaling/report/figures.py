@@ -1,4 +1,12 @@
-"""Publication figures from fit results (matplotlib; PNG + PDF via style.save)."""
+"""Publication figures from fit results (matplotlib; PNG + PDF via style.save).
+
+Each figure is drawn by a `draw_*` function that returns the Figure (the figure tests inspect
+its artists) and saved by its `*_figure` wrapper. What every figure keeps to: measured points
+carry their uncertainty (replicate standard errors of cell means; where a table has one seed,
+the legend says the noise is unmeasured), flagged results have their own markers explained in
+the legend, a fit that is not identified is not drawn as a curve, bands never set the axis
+range, and curves are named by the quantities a reader compares (mu_rec, budget).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import pandas as pd
 from parcae_scaling.scaling.frontier import FrontierResult
 from parcae_scaling.scaling.isoflop import IsoFlopResult
 from parcae_scaling.scaling.laws import Law, get_law
+from parcae_scaling.scaling.replicates import cells
 from parcae_scaling.scaling.results import FitResult
 from parcae_scaling.scaling.report.style import budget_colors, new_figure, paper_style, save
 from parcae_scaling.scaling.stability import metric_has_data, verdict
@@ -20,92 +29,176 @@ LOSS_LABEL = "validation loss (nats/token)"
 X_LABELS = {"mu_rec": r"mean recurrence $\mu_{rec}$", "tokens": "training tokens", "params": "parameters"}
 
 
+# Optimum markers: a reader must tell a result from a flag at a glance.
+OPTIMUM_MARKERS = {"optimum": ("*", "filled"), "outside the sampled range": ("*", "open"),
+                   "not identified at this noise": ("D", "open"), "no minimum: best cell": ("X", "filled")}
+
+
+def _optimum_kind(opt) -> str:
+    if not opt.positive_curvature:
+        return "no minimum: best cell"
+    if not opt.identified:
+        return "not identified at this noise"
+    return "optimum" if opt.in_range else "outside the sampled range"
+
+
+def _marker(ax, x: float, y: float, kind: str, color) -> None:
+    marker, fill = OPTIMUM_MARKERS[kind]
+    ax.plot(x, y, marker=marker, ms=8 if marker == "*" else 5, color=color if fill == "filled" else "white",
+            mec=color, zorder=4)
+
+
+def _marker_legend(ax, kinds: set[str], extra: list[str] = ()) -> None:
+    """The legend: the budgets' handles, then one entry per marker kind drawn, then notes."""
+    handles, labels = ax.get_legend_handles_labels()
+    for kind in (k for k in OPTIMUM_MARKERS if k in kinds):
+        marker, fill = OPTIMUM_MARKERS[kind]
+        (h,) = ax.plot([], [], marker=marker, ls="", color="0.3" if fill == "filled" else "white", mec="0.3")
+        handles.append(h)
+        labels.append(kind)
+    for note in extra:
+        (h,) = ax.plot([], [], ls="")
+        handles.append(h)
+        labels.append(note)
+    ax.legend(handles, labels, ncol=2, frameon=False)
+
+
+def draw_isoflop(result: IsoFlopResult, df: pd.DataFrame):
+    """Loss vs x per budget: runs (small), cell means +- SE (replicates), the fitted curves in
+    ln x, and each budget's optimum with a marker saying whether it is a result or a flag."""
+    fig, ax = new_figure(height_in=2.6)
+    ax = ax[0, 0]
+    colors = budget_colors(len(result.optima))
+    table = cells(df[df["loss"].notna()]) if "loss" in df.columns else None
+    kinds = set()
+    for color, opt in zip(colors, result.optima):
+        g = df[df["budget_flops"] == opt.budget_flops]
+        ax.scatter(g[result.x], g["loss"], color=color, s=4, alpha=0.5, zorder=2)
+        c = table[table["budget_flops"] == opt.budget_flops] if table is not None else None
+        if c is not None and len(c):
+            ax.errorbar(c[result.x], c["loss"], yerr=c["se"].fillna(0.0), fmt="o", ms=3.5, color=color, capsize=2,
+                        zorder=3, label=f"C = {opt.budget_flops:.2g} FLOPs")
+        u = np.linspace(np.log(opt.x_min) - 0.15, np.log(opt.x_max) + 0.15, 100)
+        ax.plot(np.exp(u), sum(k * u**i for i, k in enumerate(opt.coefficients)), color=color, lw=0.9)
+        kind = _optimum_kind(opt)
+        kinds.add(kind)
+        _marker(ax, opt.x_star, opt.loss_star, kind, color)
+    _fit_axes_to_data(ax, df["loss"])
+    ax.set_xscale("log")
+    ax.set_xlabel(X_LABELS[result.x])
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title("isoFLOP curves: cell means ± SE over seeds")
+    notes = [] if result.noise_measured else ["one seed per cell: noise unmeasured (no error bars)"]
+    _marker_legend(ax, kinds, notes)
+    return fig
+
+
 def isoflop_figure(result: IsoFlopResult, df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Loss vs x per budget, fitted parabolas in ln x, optima marked (open = flagged)."""
     with paper_style():
-        fig, ax = new_figure(height_in=2.6)
-        ax = ax[0, 0]
-        colors = budget_colors(len(result.optima))
-        for color, opt in zip(colors, result.optima):
-            g = df[df["budget_flops"] == opt.budget_flops]
-            ax.scatter(g[result.x], g["loss"], color=color, s=9, zorder=3, label=f"{opt.budget_flops:.2g} FLOPs")
-            u = np.linspace(np.log(opt.x_min) - 0.15, np.log(opt.x_max) + 0.15, 100)
-            c0, c1, c2 = opt.coefficients
-            ax.plot(np.exp(u), c0 + c1 * u + c2 * u * u, color=color, lw=0.9)
-            good = opt.in_range and opt.positive_curvature
-            ax.plot(opt.x_star, opt.loss_star, marker="*", ms=8, color=color if good else "white",
-                    mec=color, zorder=4)
+        return save(draw_isoflop(result, df), out_dir, "isoflop_curves")
+
+
+def _fit_axes_to_data(ax, values, margin: float = 0.08) -> None:
+    """Y limits from the measured values (never from bands); a band that leaves them is clipped."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size:
+        lo, hi = float(v.min()), float(v.max())
+        pad = margin * (hi - lo) if hi > lo else 0.05 * abs(hi) or 0.05
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def draw_optima(result: IsoFlopResult):
+    """mu* (and D*) versus C: every budget's optimum with its interval and flag marker; the power
+    law only where it is measured (>= 3 budgets, none flagged), else a note instead of a line."""
+    panels = [k for k in ("mu_rec", "tokens") if k in result.power_laws] or [result.x]
+    labels = {"mu_rec": r"optimal $\mu_{rec}^*$", "tokens": r"optimal tokens $D^*$", "params": "optimal parameters"}
+    fig, axes = new_figure(n_cols=len(panels), height_in=2.2, width_in=3.35 * min(len(panels), 2) * 0.9)
+    for ax, key in zip(axes[0], panels):
+        kinds = set()
+        for o in result.optima:
+            y = o.x_star if key == result.x else o.at_optimum.get(key, np.nan)
+            ci = o.x_star_interval if key == result.x else None
+            if ci is not None:
+                ax.errorbar([o.budget_flops], [y], yerr=[[max(y - ci.low, 0)], [max(ci.high - y, 0)]], fmt="none",
+                            ecolor="C0", capsize=2, zorder=2)
+            kind = _optimum_kind(o)
+            kinds.add(kind)
+            _marker(ax, o.budget_flops, y, kind, "C0")
+        notes = []
+        pl = result.power_laws.get(key)
+        used = [o for o in result.optima if o.budget_flops in result.budgets_used]
+        clean = all(_optimum_kind(o) == "optimum" for o in used)
+        if pl is not None and pl.gamma_interval is not None and clean:
+            c = np.array([o.budget_flops for o in used])
+            c_line = np.geomspace(c.min(), c.max(), 50)
+            ci = pl.gamma_interval
+            ax.plot(c_line, pl.predict(c_line), "--", color="C1",
+                    label=rf"$\propto C^{{{pl.gamma:.2f}}}$, 95% [{ci.low:.2f}, {ci.high:.2f}]")
+        elif pl is not None:
+            why = (f"not measurable from {pl.n_points} budgets" if pl.gamma_interval is None
+                   else "fitted through flagged optima")
+            notes.append(f"no power law drawn: {why}")
+            if key in result.growth_probability:
+                notes.append(f"P({key}* grows with C) = {result.growth_probability[key]:.2f}")
         ax.set_xscale("log")
-        ax.set_xlabel(X_LABELS[result.x])
-        ax.set_ylabel(LOSS_LABEL)
-        ax.set_title("isoFLOP curves (★ optimum; open ★ flagged)")
-        ax.legend(ncol=2, frameon=False)
-        return save(fig, out_dir, "isoflop_curves")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel(labels[key])
+        _marker_legend(ax, kinds, notes)
+    return fig
 
 
 def optima_figure(result: IsoFlopResult, out_dir: str | Path) -> list[Path]:
-    """mu* and D* versus C with power-law lines, exponents and intervals."""
-    panels = [k for k in ("mu_rec", "tokens") if k in result.power_laws]
-    if not panels:
-        return []
-    labels = {"mu_rec": r"optimal $\mu_{rec}^*$", "tokens": r"optimal tokens $D^*$"}
     with paper_style():
-        fig, axes = new_figure(n_cols=len(panels), height_in=2.2, width_in=3.35 * min(len(panels), 2) * 0.9)
-        used = [o for o in result.optima if o.budget_flops in result.budgets_used]
-        c = np.array([o.budget_flops for o in used])
-        c_line = np.geomspace(c.min() / 2, c.max() * 4, 50)
-        for ax, key in zip(axes[0], panels):
-            pl = result.power_laws[key]
-            y = np.array([o.at_optimum[key] for o in used])
-            if key == result.x and all(o.x_star_interval for o in used):
-                err = np.array([[o.x_star - o.x_star_interval.low, o.x_star_interval.high - o.x_star] for o in used]).T
-                ax.errorbar(c, y, yerr=np.clip(err, 0, None), fmt="o", capsize=2, color="C0", zorder=3)
-            else:
-                ax.plot(c, y, "o", color="C0", zorder=3)
-            ci = pl.gamma_interval
-            lab = (rf"$\propto C^{{{pl.gamma:.2f}\pm{pl.gamma_se:.2f}}}$" if np.isfinite(pl.gamma_se)
-                   else rf"$\propto C^{{{pl.gamma:.2f}}}$")
-            if ci:
-                lab += f"\n95%: [{ci.low:.2f}, {ci.high:.2f}]"
-            ax.plot(c_line, pl.predict(c_line), "--", color="C1", label=lab)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("training compute C (FLOPs)")
-            ax.set_ylabel(labels[key])
-            ax.legend(frameon=False)
-        return save(fig, out_dir, "isoflop_optima")
+        return save(draw_optima(result), out_dir, "isoflop_optima")
 
 
-def frontier_figure(front: FrontierResult, out_dir: str | Path) -> list[Path]:
-    """Compute-optimal loss vs C for the looped model and the fixed-depth baseline."""
+def draw_frontier(front: FrontierResult, fit: FitResult | None = None):
+    """Compute-optimal loss vs C for the looped model and the fixed-depth baseline, from the law.
+    A law whose parameters are not identified is not drawn: the panels say so instead."""
     pts = front.points
     c = np.array([p.budget_flops for p in pts])
-    with paper_style():
-        fig, axes = new_figure(n_cols=2, height_in=2.3, width_in=6.0)
-        ax, ax2 = axes[0]
-        for key, ci_key, label, color in (("loss_star", "loss_star_interval", r"looped, optimal $\mu_{rec}$", "C0"),
-                                          ("baseline_loss", "baseline_loss_interval",
-                                           r"fixed depth ($\mu_{rec}=1$)", "C3")):
-            y = np.array([getattr(p, key) for p in pts])
-            ax.plot(c, y, color=color, label=label)
-            if all(getattr(p, ci_key) for p in pts):
-                ax.fill_between(c, [getattr(p, ci_key).low for p in pts], [getattr(p, ci_key).high for p in pts],
-                                color=color, alpha=0.2, lw=0)
-        mu = np.array([p.mu_star for p in pts])
-        ax2.plot(c, mu, color="C0")
-        if all(p.mu_star_interval for p in pts):
-            ax2.fill_between(c, [p.mu_star_interval.low for p in pts], [p.mu_star_interval.high for p in pts],
-                             color="C0", alpha=0.2, lw=0)
+    fig, axes = new_figure(n_cols=2, height_in=2.3, width_in=6.0)
+    ax, ax2 = axes[0]
+    if fit is not None and fit.unidentified:
+        note = (f"not identified: {fit.n_points} points for {len(fit.params)} parameters\n"
+                f"({', '.join(fit.unidentified)}); no frontier is drawn")
         for a in (ax, ax2):
-            a.axvspan(*front.sampled_budgets, color="0.85", alpha=0.5, lw=0, label="sampled budgets")
-            a.set_xscale("log")
-            a.set_xlabel("training compute C (FLOPs)")
-        ax.set_ylabel(LOSS_LABEL)
-        ax.legend(frameon=False)
-        ax2.set_yscale("log")
-        ax2.set_ylabel(r"compute-optimal $\mu_{rec}^*$")
-        ax.set_title(f"frontier from the {front.law} law (bands: 95% bootstrap)")
-        return save(fig, out_dir, "frontier")
+            a.text(0.5, 0.5, note, transform=a.transAxes, ha="center", va="center", fontsize=7)
+            a.set_xticks([])
+            a.set_yticks([])
+        ax.set_title(f"frontier from the {front.law} law: not identified")
+        return fig
+    for key, ci_key, label, color in (("loss_star", "loss_star_interval", r"looped, optimal $\mu_{rec}$", "C0"),
+                                      ("baseline_loss", "baseline_loss_interval",
+                                       r"fixed depth ($\mu_{rec}=1$)", "C3")):
+        y = np.array([getattr(p, key) for p in pts])
+        ax.plot(c, y, color=color, label=label)
+        if all(getattr(p, ci_key) for p in pts):
+            ax.fill_between(c, [getattr(p, ci_key).low for p in pts], [getattr(p, ci_key).high for p in pts],
+                            color=color, alpha=0.2, lw=0)
+    mu = np.array([p.mu_star for p in pts])
+    ax2.plot(c, mu, color="C0")
+    if all(p.mu_star_interval for p in pts):
+        ax2.fill_between(c, [p.mu_star_interval.low for p in pts], [p.mu_star_interval.high for p in pts],
+                         color="C0", alpha=0.2, lw=0)
+    for a in (ax, ax2):
+        a.axvspan(*front.sampled_budgets, color="0.85", alpha=0.5, lw=0, label="sampled budgets")
+        a.set_xscale("log")
+        a.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel(LOSS_LABEL)
+    _fit_axes_to_data(ax, np.concatenate([[p.loss_star for p in pts], [p.baseline_loss for p in pts]]))
+    ax.legend(frameon=False)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(r"compute-optimal $\mu_{rec}^*$")
+    ax.set_title(f"frontier from the {front.law} law (bands: 95% bootstrap)")
+    return fig
+
+
+def frontier_figure(front: FrontierResult, out_dir: str | Path, fit: FitResult | None = None) -> list[Path]:
+    with paper_style():
+        return save(draw_frontier(front, fit), out_dir, "frontier")
 
 
 def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "tt_exp") -> list[Path]:
@@ -116,7 +209,7 @@ def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "t
         ax = ax[0, 0]
         for color, curve in zip(budget_colors(len(result.curves)), result.curves):
             t = np.array(curve.recurrence)
-            ax.plot(t, curve.loss, "o", color=color, ms=3, label=rf"{curve.run_id} ($\mu_{{rec}}$={curve.mu_rec:g})")
+            ax.plot(t, curve.loss, "o", color=color, ms=3, label=_curve_label(curve))
             tt = np.linspace(t.min(), t.max(), 200)
             ax.plot(tt, law.predict(curve.fits[form].params, pd.DataFrame({"recurrence": tt})), color=color, lw=0.9)
             ax.axvline(curve.mu_rec, color=color, ls=":", lw=0.8)
@@ -125,6 +218,16 @@ def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "t
         ax.set_title(f"test-time scaling, {law.formula} (dotted: training depth)")
         ax.legend(frameon=False, fontsize=5.5)
         return save(fig, out_dir, "test_time")
+
+
+def _curve_label(curve) -> str:
+    """What a reader compares: the training depth and the budget (or tokens), not a run id."""
+    label = rf"$\mu_{{rec}}$ = {curve.mu_rec:g}"
+    if np.isfinite(getattr(curve, "budget_flops", np.nan)):
+        label += f", C = {curve.budget_flops:.2g}"
+    elif np.isfinite(getattr(curve, "tokens", np.nan)):
+        label += f", D = {curve.tokens:.3g}"
+    return label
 
 
 def residuals_figure(fit: FitResult, law: Law, df: pd.DataFrame, out_dir: str | Path, *,

@@ -20,7 +20,9 @@ import pandas as pd
 from parcae_scaling.scaling.report.store_tables import load_store, require_sweeps, save_fit
 from parcae_scaling.scaling.effective_params import EffectiveParams
 from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP
-from parcae_scaling.scaling.report.analyses import looped_runs, run_frontier, run_isoflop, run_parametric, run_test_time
+from parcae_scaling.scaling.report.analyses import (
+    looped_runs, run_frontier, run_isoflop, run_noise, run_parametric, run_test_time,
+)
 from parcae_scaling.scaling.report.figures import stability_figure
 from parcae_scaling.scaling.stability import STABILITY_METRICS, run_health, verdict
 from parcae_scaling.scaling.report.sweep_figures import measured_frontier_figure
@@ -92,23 +94,37 @@ def status_section(store, sweep: str) -> Section:
     return Section(title=f"Run status: {sweep}", summary=counts, tables=(("runs", df[cols]),), warnings=warnings)
 
 
+def noise_section(runs: pd.DataFrame, sweep: str, out_dir: Path, *, assumed_sd: float | None) -> Section:
+    """Replicates: cell means +- SE, noise floors per family and budget, and every cell's difference
+    from the fixed-depth baselines with its interval."""
+    rep = run_noise(runs, out_dir, assumed_sd=assumed_sd)
+    cols = [c for c in ("arch", "model", "budget_flops", "mu_rec", "n", "loss", "se") if c in rep.cells.columns]
+    tables = [("cells (mean loss, standard error over seeds)", rep.cells[cols]), ("noise floors", rep.floors)]
+    tables += [(f"minus {name} (95% intervals)", d) for name, d in rep.differences.items()]
+    warnings = () if rep.noise.measured else (f"{rep.noise.describe()}: every interval in this report assumes it; "
+                                              "add seeds to the spec to measure it",)
+    return Section(title=f"Replicates and noise: {sweep}", summary=rep.summary(), tables=tuple(tables),
+                   warnings=warnings)
+
+
 def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None, n_bootstrap: int,
-                 effective_params: EffectiveParams | None) -> list[Section]:
-    """isoFLOP, parametric (+ held-out), frontier and test-time fits for each looped model."""
+                 effective_params: EffectiveParams | None, assumed_sd: float | None = None) -> list[Section]:
+    """Noise, isoFLOP, parametric (+ held-out), frontier and test-time fits for each looped model."""
     all_runs = load_store(store_url, sweep)
     loop = looped_runs(all_runs)
     models = sorted(loop["model"].astype(str).unique()) if "model" in loop.columns else [None]
     if model is not None:
         models = [model]
     source = f"store {store_url} sweep {sweep}"
-    sections: list[Section] = []
+    sections: list[Section] = [_attempt(f"Replicates and noise: {sweep}", lambda: noise_section(
+        all_runs, sweep, out_dir / _safe(sweep), assumed_sd=assumed_sd))]
     for m in models:
         df = loop if m is None else loop[loop["model"].astype(str) == m]
         tag = f"{sweep}" + (f" / {m}" if m else "")
         out = out_dir / _safe(sweep) / _safe(m or "all")
 
         def iso() -> Section:
-            res = run_isoflop(df, out, n_bootstrap=n_bootstrap, source=source)
+            res = run_isoflop(df, out, n_bootstrap=n_bootstrap, source=source, assumed_sd=assumed_sd)
             return Section(title=f"isoFLOP: {tag}", summary=res.summary(), warnings=res.warnings,
                            tables=(("optima", _optima_table(res)),),
                            figures=_pngs(out, "isoflop_curves", "isoflop_optima"))
@@ -118,7 +134,7 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
 
         def parametric() -> Section:
             fit, extra = run_parametric(df, out, n_bootstrap=n_bootstrap, source=source,
-                                        effective_params=effective_params)
+                                        effective_params=effective_params, assumed_sd=assumed_sd)
             fit_box["fit"] = fit
             fit_id = save_fit(store_url, sweep, fit, model=m)
             text = fit.summary() + (f"\nheld out: {extra['holdout']['summary']}" if "holdout" in extra else "")
@@ -139,10 +155,13 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
             fr = run_frontier(df, fit_box["fit"], out, effective_params=effective_params)
             table = pd.DataFrame([{"budget_flops": p.budget_flops, "mu_star": p.mu_star, "tokens_star": p.tokens_star,
                                    "loss_star": p.loss_star, "fixed_depth_loss": p.baseline_loss,
+                                   "looped_minus_fixed": p.loss_star - p.baseline_loss,
+                                   "low": p.gap_interval.low if p.gap_interval else float("nan"),
+                                   "high": p.gap_interval.high if p.gap_interval else float("nan"),
                                    "extrapolated": p.extrapolated} for p in fr.points])
             dropped = (f"{fr.bootstrap_dropped} bootstrap refits left out of the intervals (a coefficient "
                        "beyond float range)",) if fr.bootstrap_dropped else ()
-            return Section(title=title, tables=(("frontier", table),), warnings=dropped,
+            return Section(title=title, summary=fr.summary(), tables=(("frontier", table),), warnings=dropped,
                            figures=_pngs(out, "frontier") + measured)
         sections.append(_attempt(f"Compute-optimal frontier vs fixed depth: {tag}", front))
 
@@ -229,7 +248,7 @@ def stability_section(store, sweeps: Sequence[str], out_dir: Path) -> Section:
 
 def build_report(store_url: str, sweeps: str | Sequence[str], out_dir: str | Path, *, model: str | None = None,
                  n_bootstrap: int = DEFAULT_BOOTSTRAP, effective_params: EffectiveParams | None = None,
-                 fits: bool = True) -> SweepReport:
+                 fits: bool = True, assumed_sd: float | None = None) -> SweepReport:
     """Run every analysis of one or more sweeps into `out_dir` and collect the report sections."""
     from parcae_scaling.db import Store
     from parcae_scaling.sweeps.claims import sweep_spec
@@ -242,12 +261,14 @@ def build_report(store_url: str, sweeps: str | Sequence[str], out_dir: str | Pat
     with Store.open(store_url, upgrade=False) as store:
         require_sweeps(store, names, store_url)
         specs = {s: sweep_spec(store, s) for s in names}
+        assumed = {s: assumed_sd if assumed_sd is not None else ((specs[s] or {}).get("noise") or {}).get("assumed_sd")
+                   for s in names}
         for s in names:
             sections.append(_attempt(f"Plan: {s}", lambda s=s: plan_section(store, s)))
             sections.append(_attempt(f"Run status: {s}", lambda s=s: status_section(store, s)))
         if fits:
             for s in names:
                 sections += fit_sections(store_url, s, out, model=model, n_bootstrap=n_bootstrap,
-                                         effective_params=effective_params)
+                                         effective_params=effective_params, assumed_sd=assumed[s])
         sections.append(_attempt("Training stability", lambda: stability_section(store, names, out)))
     return SweepReport(sweeps=names, store_url=store_url, specs=specs, sections=tuple(sections))
