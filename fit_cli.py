@@ -148,6 +148,35 @@ def fit_frontier_command(inputs: FitInputs, effective: Any, bootstrap: _BOOT = D
     _echo_frontier(fit, run_frontier(runs, fit, inputs.out, effective_params=effective))
 
 
+@fit_app.command("compare")
+@with_inputs
+def fit_compare_command(
+    inputs: FitInputs,
+    against: Annotated[str, typer.Option("--against", help="the other sweep in the same store (its matching "
+                                                           "cells are compared)")],
+) -> None:
+    """Whether a change moved the results: each cell both sweeps share (e.g. the same cells in fp32
+    and in bf16), the other sweep's mean loss minus this one's, against the seed-to-seed noise."""
+    from parcae_scaling.scaling.replicates import compare_cells
+    from parcae_scaling.scaling.report.store_tables import load_store
+
+    if inputs.store is None or not inputs.sweep:
+        raise ValueError("compare reads two sweeps of one store: give --store URL --sweep NAME --against OTHER")
+    a, b = (load_store(inputs.store, name) for name in (inputs.sweep, against))
+    if inputs.model is not None:
+        a, b = (t[t["model"].astype(str) == inputs.model] for t in (a, b))
+    table, noise = compare_cells(a, b, assumed_sd=inputs.assumed_sd)
+    typer.echo(f"{against} minus {inputs.sweep}, per shared cell (95% intervals); {noise.describe()}")
+    for r in table.itertuples():
+        where = ", ".join(f"{k}={getattr(r, k)}" for k in ("arch", "model", "budget_flops", "mu_rec")
+                          if hasattr(r, k))
+        typer.echo(f"  {where}: {r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}] (n {r.n_a} vs {r.n_b})"
+                   + ("  resolved" if r.resolved else ""))
+    biggest = float(table["difference"].abs().max())
+    typer.echo(f"largest |difference| {biggest:.4f} nats vs noise SD {noise.sd:.4f}: "
+               f"{int(table['resolved'].sum())}/{len(table)} cells differ beyond their interval")
+
+
 @fit_app.command("report")
 @with_inputs
 @with_effective_params

@@ -26,7 +26,7 @@ from parcae_scaling.scaling.results import ConfidenceInterval
 
 CELL_COLUMNS = ("arch", "model", "budget_flops", "mu_rec", "tokens", "params")
 # The seed-to-seed SD of a cell's validation loss assumed where none is measured (nats/token). The
-# default sweep's cells measured 0.003-0.009 on a 2-core CPU (README, "Noise"); a larger floor
+# default sweep's cells measured 0.0104 pooled (0.004-0.016 per cell) on a 2-core CPU (README, "Noise"); a larger floor
 # would hide nothing: it only widens intervals.
 DEFAULT_ASSUMED_SD = 0.01
 
@@ -152,3 +152,23 @@ def baseline_differences(cell_table: pd.DataFrame, noise: NoiseModel, *, baselin
                          "n": int(cell["n"]), "baseline": label, "difference": diff, "low": diff - half,
                          "high": diff + half, "resolved": bool(diff + half < 0 or diff - half > 0)})
     return pd.DataFrame(rows)
+
+
+def compare_cells(a: pd.DataFrame, b: pd.DataFrame, *, level: float = 0.95,
+                  assumed_sd: float | None = None) -> tuple[pd.DataFrame, NoiseModel]:
+    """The cells two run tables share (e.g. one sweep trained in fp32 and in bf16): b's mean loss
+    minus a's per cell, with a t interval from the noise pooled over both tables' replicates.
+    Returns the table and that noise model."""
+    ca, cb = cells(a), cells(b)
+    keys = [c for c in cell_columns(a) if c in cb.columns]
+    noise = noise_model(pd.concat([ca, cb], ignore_index=True), assumed_sd=assumed_sd)
+    both = ca.merge(cb, on=keys, suffixes=("_a", "_b"))
+    if both.empty:
+        raise ValueError(f"the two tables share no cell (matched on {keys}); compare sweeps of the same cells")
+    q = stats.t.ppf((1 + level) / 2, noise.dof) if noise.measured else stats.norm.ppf((1 + level) / 2)
+    half = q * noise.sd * np.sqrt(1 / both["n_a"] + 1 / both["n_b"])
+    out = both[keys + ["n_a", "n_b", "loss_a", "loss_b"]].copy()
+    out["difference"] = both["loss_b"] - both["loss_a"]
+    out["low"], out["high"] = out["difference"] - half, out["difference"] + half
+    out["resolved"] = (out["low"] > 0) | (out["high"] < 0)
+    return out, noise

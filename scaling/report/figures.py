@@ -21,7 +21,7 @@ from parcae_scaling.scaling.isoflop import IsoFlopResult
 from parcae_scaling.scaling.laws import Law, get_law
 from parcae_scaling.scaling.replicates import cells
 from parcae_scaling.scaling.results import FitResult
-from parcae_scaling.scaling.report.style import budget_colors, new_figure, paper_style, save
+from parcae_scaling.scaling.report.style import budget_colors, mu_color, new_figure, paper_style, save
 from parcae_scaling.scaling.stability import metric_has_data, verdict
 from parcae_scaling.scaling.testtime import TestTimeResult
 
@@ -207,7 +207,8 @@ def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "t
     with paper_style():
         fig, ax = new_figure(height_in=2.5)
         ax = ax[0, 0]
-        for color, curve in zip(budget_colors(len(result.curves)), result.curves):
+        for curve in result.curves:
+            color = mu_color(curve.mu_rec)
             t = np.array(curve.recurrence)
             ax.plot(t, curve.loss, "o", color=color, ms=3, label=_curve_label(curve))
             tt = np.linspace(t.min(), t.max(), 200)

@@ -45,3 +45,12 @@ def save(fig, out_dir: str | Path, name: str) -> list[Path]:
 def budget_colors(n: int):
     return plt.get_cmap("viridis")(np.linspace(0.05, 0.9, max(n, 1)))
 
+
+# One colour per mean recurrence, the same in every figure (the published grids' values; red is
+# kept for the fixed-depth baseline).
+MU_COLORS = {1: "C0", 2: "C1", 3: "C8", 4: "C2", 6: "C9", 8: "C4", 10: "C5", 12: "C6", 16: "C7", 32: "C5", 64: "C6"}
+
+
+def mu_color(mu_rec: float):
+    return MU_COLORS.get(int(mu_rec), plt.get_cmap("viridis")(min(np.log2(max(mu_rec, 1.0)) / 6.0, 1.0)))
+

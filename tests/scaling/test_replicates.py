@@ -93,3 +93,17 @@ def test_a_budget_whose_optimum_the_noise_hides_is_flagged_not_given_an_interval
     assert clear.identified and clear.x_star_interval is not None
     assert not flat.identified and flat.x_star_interval is None and flat.minimum_fraction < 0.9
     assert any("not identified at this noise" in w for w in res.warnings)
+
+
+def test_two_sweeps_of_the_same_cells_are_compared_against_the_noise() -> None:
+    from parcae_scaling.scaling.replicates import compare_cells
+
+    a = synthetic_parcae_sweep(**GRID, replicates=3, additive_sd=0.01, seed=1)
+    same = synthetic_parcae_sweep(**GRID, replicates=1, additive_sd=0.01, seed=2)
+    shifted = same.assign(loss=same["loss"] + 0.1)
+    table, noise = compare_cells(a, same)
+    assert len(table) == 16 and noise.measured and table["resolved"].sum() <= 4  # ~5% false alarms expected
+    moved, _ = compare_cells(a, shifted)
+    assert moved["resolved"].all() and (moved["difference"] > 0.05).all()
+    with pytest.raises(ValueError, match="share no cell"):
+        compare_cells(a, synthetic_parcae_sweep(budgets_flops=(3e12,), mu_values=(2, 4, 8)))
