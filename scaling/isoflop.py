@@ -66,6 +66,12 @@ class BudgetOptimum:
     def identified(self) -> bool:
         return self.positive_curvature and not self.minimum_fraction < MIN_IDENTIFIED_FRACTION
 
+    @property
+    def interval_in_range(self) -> bool:
+        """Whether the optimum's interval stays inside the sampled range (None interval: True)."""
+        ci = self.x_star_interval
+        return ci is None or (self.x_min * 0.999 <= ci.low and ci.high <= self.x_max * 1.001)
+
 
 @dataclass(frozen=True, kw_only=True)
 class IsoFlopResult:
@@ -121,7 +127,7 @@ class IsoFlopResult:
             ci_s = f" [{ci.low:.3g}, {ci.high:.3g}]" if ci else ""
             lci = o.loss_star_interval
             lci_s = f" [{lci.low:.4f}, {lci.high:.4f}]" if lci else ""
-            flag = "" if (o.in_range and o.identified) else "  (flagged)"
+            flag = "" if (o.in_range and o.identified and o.interval_in_range) else "  (flagged)"
             lines.append(f"  C={o.budget_flops:.3g}: {self.x}*={o.x_star:.4g}{ci_s} L*={o.loss_star:.4f}{lci_s}"
                          f" ({o.n_runs} runs in {o.n_points} cells){flag}")
         for name in self.power_laws:
@@ -239,6 +245,11 @@ def _optimum(fit: _BudgetFit, x: str, u_draws: np.ndarray | None, l_draws: np.nd
             method = "hierarchical parametric bootstrap"
             x_ci = percentile_interval(np.exp(u_draws[ok]), level, method=method)
             loss_ci = percentile_interval(l_draws[ok], level, method=method)
+            lo, hi = np.exp(fit.x_range)
+            if in_range and (x_ci.low < lo * 0.999 or x_ci.high > hi * 1.001):
+                warnings.append(f"budget {budget:.3g}: the optimum's interval [{x_ci.low:.3g}, {x_ci.high:.3g}] "
+                                f"reaches outside the sampled range [{lo:.3g}, {hi:.3g}]: not resolved within the grid "
+                                f"(add {x} values beyond it, or replicates)")
     return BudgetOptimum(
         budget_flops=budget, n_points=int(fit.u.size), n_runs=fit.n_runs,
         coefficients=tuple(float(v) for v in fit.coef),

@@ -10,6 +10,7 @@ range, and curves are named by the quantities a reader compares (mu_rec, budget)
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ X_LABELS = {"mu_rec": r"mean recurrence $\mu_{rec}$", "tokens": "training tokens
 
 # Optimum markers: a reader must tell a result from a flag at a glance.
 OPTIMUM_MARKERS = {"optimum": ("*", "filled"), "outside the sampled range": ("*", "open"),
+                   "interval leaves the sampled range": ("s", "open"),
                    "not identified at this noise": ("D", "open"), "no minimum: best cell": ("X", "filled")}
 
 
@@ -39,7 +41,9 @@ def _optimum_kind(opt) -> str:
         return "no minimum: best cell"
     if not opt.identified:
         return "not identified at this noise"
-    return "optimum" if opt.in_range else "outside the sampled range"
+    if not opt.in_range:
+        return "outside the sampled range"
+    return "optimum" if opt.interval_in_range else "interval leaves the sampled range"
 
 
 def _marker(ax, x: float, y: float, kind: str, color) -> None:
@@ -49,18 +53,17 @@ def _marker(ax, x: float, y: float, kind: str, color) -> None:
 
 
 def _marker_legend(ax, kinds: set[str], extra: list[str] = ()) -> None:
-    """The legend: the budgets' handles, then one entry per marker kind drawn, then notes."""
+    """The legend: the curves' handles, then one entry per marker kind drawn; notes (what is not
+    measured or not drawn) in a box at the bottom of the axes."""
     handles, labels = ax.get_legend_handles_labels()
     for kind in (k for k in OPTIMUM_MARKERS if k in kinds):
         marker, fill = OPTIMUM_MARKERS[kind]
         (h,) = ax.plot([], [], marker=marker, ls="", color="0.3" if fill == "filled" else "white", mec="0.3")
         handles.append(h)
         labels.append(kind)
-    for note in extra:
-        (h,) = ax.plot([], [], ls="")
-        handles.append(h)
-        labels.append(note)
-    ax.legend(handles, labels, ncol=2, frameon=False)
+    ax.legend(handles, labels, frameon=False, fontsize=5.5)
+    if extra:  # above the axes, where no data is
+        ax.set_title("\n".join(extra), fontsize=5.5, loc="left")
 
 
 def draw_isoflop(result: IsoFlopResult, df: pd.DataFrame):
@@ -143,6 +146,13 @@ def draw_optima(result: IsoFlopResult):
                 notes.append(f"P({key}* grows with C) = {result.growth_probability[key]:.2f}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        budgets = [o.budget_flops for o in result.optima]
+        ax.set_xlim(min(budgets) / 1.5, max(budgets) * 1.5)
+        if key == result.x:  # the axes show the sampled range (shaded); intervals beyond it are clipped
+            lo, hi = min(o.x_min for o in result.optima), max(o.x_max for o in result.optima)
+            ax.axhspan(lo, hi, color="0.9", lw=0, zorder=0, label=f"sampled {key}")
+            stars = [o.x_star for o in result.optima]
+            ax.set_ylim(min(lo, *stars) / 1.3, max(hi, *stars) * 1.3)
         ax.set_xlabel("training compute C (FLOPs)")
         ax.set_ylabel(labels[key])
         _marker_legend(ax, kinds, notes)
@@ -162,13 +172,13 @@ def draw_frontier(front: FrontierResult, fit: FitResult | None = None):
     fig, axes = new_figure(n_cols=2, height_in=2.3, width_in=6.0)
     ax, ax2 = axes[0]
     if fit is not None and fit.unidentified:
-        note = (f"not identified: {fit.n_points} points for {len(fit.params)} parameters\n"
-                f"({', '.join(fit.unidentified)}); no frontier is drawn")
-        for a in (ax, ax2):
-            a.text(0.5, 0.5, note, transform=a.transAxes, ha="center", va="center", fontsize=7)
-            a.set_xticks([])
-            a.set_yticks([])
-        ax.set_title(f"frontier from the {front.law} law: not identified")
+        note = textwrap.fill(f"not identified: {fit.n_points} points for {len(fit.params)} parameters "
+                             f"({', '.join(fit.unidentified)}); no frontier is drawn from this law. The measured "
+                             "frontier (cell means ± SE) is in the figure beside it.", 60)
+        ax2.axis("off")
+        ax.axis("off")
+        ax.text(0.0, 0.5, note, transform=ax.transAxes, ha="left", va="center", fontsize=7)
+        ax.set_title(f"frontier from the {front.law} law: not identified", loc="left")
         return fig
     for key, ci_key, label, color in (("loss_star", "loss_star_interval", r"looped, optimal $\mu_{rec}$", "C0"),
                                       ("baseline_loss", "baseline_loss_interval",
@@ -207,10 +217,13 @@ def test_time_figure(result: TestTimeResult, out_dir: str | Path, form: str = "t
     with paper_style():
         fig, ax = new_figure(height_in=2.5)
         ax = ax[0, 0]
+        seen: set[str] = set()
         for curve in result.curves:
             color = mu_color(curve.mu_rec)
             t = np.array(curve.recurrence)
-            ax.plot(t, curve.loss, "o", color=color, ms=3, label=_curve_label(curve))
+            label = _curve_label(curve)  # replicates share one legend entry
+            ax.plot(t, curve.loss, "o", color=color, ms=3, label=None if label in seen else label)
+            seen.add(label)
             tt = np.linspace(t.min(), t.max(), 200)
             ax.plot(tt, law.predict(curve.fits[form].params, pd.DataFrame({"recurrence": tt})), color=color, lw=0.9)
             ax.axvline(curve.mu_rec, color=color, ls=":", lw=0.8)

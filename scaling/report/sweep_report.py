@@ -152,7 +152,13 @@ def fit_sections(store_url: str, sweep: str, out_dir: Path, *, model: str | None
             if "fit" not in fit_box:
                 return Section(title=title, figures=measured, warnings=(
                     "no parametric fit (see the section above): only the measured frontier is shown",))
-            fr = run_frontier(df, fit_box["fit"], out, effective_params=effective_params)
+            fit = fit_box["fit"]
+            if fit.unidentified:  # the figure says so too: a law that is not identified is not a result
+                run_frontier(df, fit, out, effective_params=effective_params)
+                return Section(title=title, figures=_pngs(out, "frontier") + measured, warnings=(
+                    f"the parametric law is not identified ({', '.join(fit.unidentified)}): its frontier is not "
+                    "a result and is not tabulated; the measured frontier (cell means +- SE) is shown",))
+            fr = run_frontier(df, fit, out, effective_params=effective_params)
             table = pd.DataFrame([{"budget_flops": p.budget_flops, "mu_star": p.mu_star, "tokens_star": p.tokens_star,
                                    "loss_star": p.loss_star, "fixed_depth_loss": p.baseline_loss,
                                    "looped_minus_fixed": p.loss_star - p.baseline_loss,
