@@ -87,7 +87,7 @@ class Trainer:
         self.optimizer.step()
         if timed:
             self.seconds.append(time.perf_counter() - start)
-        self.loss = float(out.loss)
+        self.loss = float(out.loss.detach())
 
 
 def reference_tokens_per_s() -> float | None:

@@ -120,6 +120,11 @@ def compile_blocks(model: nn.Module, **compile_kwargs: object) -> None:
     """torch.compile each transformer block in place (per-block compile, as torchtitan does):
     fuses the norms, RoPE, ReLU² and residual adds around the matmuls. The batch dimension is
     dynamic because the loop steps a shrinking prefix of the batch."""
+    # Every block shares Block.forward's code object, and each grad mode (steps past mu_bwd run
+    # without grad) and autocast dtype is a cache entry of its own: dynamo's default limit of 8
+    # would send the later variants back to eager without a word beyond a log line.
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     for module in model.modules():
         if isinstance(module, Block):
             module.compile(dynamic=True, **compile_kwargs)
