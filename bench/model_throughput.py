@@ -138,7 +138,7 @@ def main() -> None:
         best: dict[str, float] = {}
         for (p, c), t in trainers.items():
             rate = tokens_per_step / statistics.median(t.seconds)
-            print(f"repeat {r + 1}: {p} compile={c}: {rate:.0f} tok/s (median of {args.steps} steps), "
+            print(f"repeat {r + 1}: {p} compile={c}: {rate:.0f} tok/s (median of {len(t.seconds)} steps), "
                   f"loss {t.loss:.5f}")
             best[p] = max(best.get(p, 0.0), rate)
         for p in DTYPES:
