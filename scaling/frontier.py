@@ -16,6 +16,7 @@ import pandas as pd
 from parcae_scaling.scaling.data import validate_table
 from parcae_scaling.scaling.fit import fit_law
 from parcae_scaling.scaling.laws import Law
+from parcae_scaling.scaling.powerlaw import log_slopes
 from parcae_scaling.scaling.results import ConfidenceInterval, FitResult, percentile_interval
 
 
@@ -148,11 +149,9 @@ def frontier(
             gap_interval=ci(loss_s - base)))
     exponents, exponent_intervals = {}, {}
     if budgets.size >= 2:  # slopes of ln mu*, ln D* on ln C, per replica (row 0: the fit itself)
-        log_c = np.log(budgets) - np.log(budgets).mean()
         mu_all = np.stack(mu_stars, axis=1)  # (S, budgets)
         for name, values in (("mu_rec", mu_all), ("tokens", budgets / flops_per_token(mu_all))):
-            y = np.log(values)
-            slopes = ((y - y.mean(axis=1, keepdims=True)) * log_c).sum(axis=1) / (log_c**2).sum()
+            slopes = log_slopes(np.log(budgets), np.log(values))
             exponents[name] = float(slopes[0])
             if len(theta) > 1:
                 exponent_intervals[name] = percentile_interval(slopes[1:], level)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from parcae_scaling.scaling.data import row_ids, validate_table
-from parcae_scaling.scaling.powerlaw import PowerLawFit, fit_power_law
+from parcae_scaling.scaling.powerlaw import PowerLawFit, fit_power_law, log_slopes
 from parcae_scaling.scaling.replicates import NoiseModel, cells, noise_model
 from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, ConfidenceInterval, percentile_interval
 
@@ -260,12 +260,6 @@ def _optimum(fit: _BudgetFit, x: str, u_draws: np.ndarray | None, l_draws: np.nd
     )
 
 
-def _slopes(log_c: np.ndarray, log_y: np.ndarray) -> np.ndarray:
-    """OLS slopes of each row of log_y (B, k) on log_c (k,); NaN rows give NaN."""
-    lc = log_c - log_c.mean()
-    return ((log_y - log_y.mean(axis=1, keepdims=True)) * lc).sum(axis=1) / (lc**2).sum()
-
-
 def _drop_unusable_allocations(data: pd.DataFrame, x: str) -> tuple[pd.DataFrame, list[str]]:
     """Drop an optional allocation column (tokens, params, mu_rec besides x) holding missing,
     non-numeric or non-positive values, with a warning naming the rows: its power law
@@ -371,7 +365,7 @@ def isoflop(
                 else:
                     log_draws = np.stack([np.polyval(fits[j].interp[col], u_draws[:, j]) for j in keep], axis=1)
                 ok = np.all(np.isfinite(log_draws), axis=1)
-                gammas = _slopes(np.log(c), log_draws[ok])
+                gammas = log_slopes(np.log(c), log_draws[ok])
                 if col != "loss":
                     growth[col] = float(np.mean(gammas > 0)) if gammas.size else float("nan")
                 law = _with_bootstrap(law, gammas, level)

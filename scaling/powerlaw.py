@@ -35,6 +35,13 @@ class PowerLawFit:
         return cls(**d)
 
 
+def log_slopes(log_x: np.ndarray, log_y: np.ndarray) -> np.ndarray:
+    """OLS exponents gamma of ln y = ln k + gamma·ln x for each row of log_y (B, k) over log_x (k,):
+    many bootstrap replicas at once (no standard errors). NaN rows give NaN."""
+    lx = log_x - log_x.mean()
+    return ((log_y - log_y.mean(axis=1, keepdims=True)) * lx).sum(axis=1) / (lx**2).sum()
+
+
 def fit_power_law(x: np.ndarray, y: np.ndarray, *, level: float = 0.95) -> PowerLawFit:
     """OLS of ln y on ln x. Needs >= 2 points; standard errors need >= 3."""
     x = np.asarray(x, dtype=float)
