@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -130,14 +130,19 @@ def _make_sweep(root: Path, **changes: Any) -> Sweep:
 
 
 @pytest.fixture
-def new_sweep(tmp_path: Path) -> Callable[..., Sweep]:
+def new_sweep(tmp_path: Path) -> Iterator[Callable[..., Sweep]]:
     """A fresh copy of the tiny sweep (spec changes as keyword arguments) in its own directory."""
     count = iter(range(1000))
 
-    def make(**changes: Any) -> Sweep:
-        return _make_sweep(tmp_path / f"sweep{next(count)}", **changes)
+    made: list[Sweep] = []
 
-    return make
+    def make(**changes: Any) -> Sweep:
+        made.append(_make_sweep(tmp_path / f"sweep{next(count)}", **changes))
+        return made[-1]
+
+    yield make
+    for sweep in made:
+        stop_processes_of(sweep.url)
 
 
 @pytest.fixture(scope="session")
@@ -171,28 +176,67 @@ def is_worker(cmd: list[bytes]) -> bool:
     return any(cmd[i:i + 3] == [b"-m", b"parcae_scaling.sweeps", b"worker"] for i in range(len(cmd)))
 
 
-def worker_pids(run_id: str) -> list[int]:
-    """Live worker processes of one run (from /proc: the worker's command line names the run).
+def _proc(pid: int | str) -> tuple[list[bytes], str, int] | None:
+    """(command line, state, parent pid) of a process, or None once it is gone."""
+    try:
+        cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        fields = (Path("/proc") / str(pid) / "stat").read_text().split(")")[-1].split()
+    except OSError:
+        return None
+    return cmd, fields[0], int(fields[1])
 
-    A worker's own children are not counted: between fork and exec (torch.compile starting the
-    C++ compiler or its compile pool) a child still shows the worker's command line."""
-    found: dict[int, int] = {}  # pid -> parent pid
+
+def worker_table(run_id: str, store_url: str) -> dict[int, str]:
+    """Live worker processes of one run of one store, pid -> a line of what /proc showed (for
+    messages).
+
+    The worker's command line names the run and the store (run ids are content hashes: another
+    test's sweep has the same ids, in another store). A scan of /proc is not a snapshot, so two cases
+    would look like a second worker and are not counted: a worker's own child between fork and
+    exec (it still shows the worker's command line; e.g. provenance starting `git`), and such a
+    child read after its worker exited mid-scan (reparented to init). Every process counted is
+    read again after the scan: still there, not a zombie, same parent."""
+    found: dict[int, tuple[str, int]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        seen = _proc(proc.name) if proc.name.isdigit() else None
+        if seen and is_worker(seen[0]) and {run_id.encode(), store_url.encode()} <= set(seen[0]) and seen[1] != "Z":
+            found[int(proc.name)] = (seen[1], seen[2])
+    table: dict[int, str] = {}
+    for pid, (state, parent) in found.items():
+        again = _proc(pid)
+        if parent in found or again is None or again[1] == "Z" or again[2] != parent:
             continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            fields = (proc / "stat").read_text().split(")")[-1].split()
-        except OSError:
-            continue
-        if is_worker(cmd) and run_id.encode() in cmd and fields[0] != "Z":
-            found[int(proc.name)] = int(fields[1])
-    return [pid for pid, parent in found.items() if parent not in found]
+        parent_seen = _proc(parent)
+        parent_cmd = b" ".join(parent_seen[0][-6:]).decode(errors="replace") if parent_seen else "gone"
+        table[pid] = f"pid {pid} state {state} parent {parent} ({parent_cmd})"
+    return table
+
+
+def worker_pids(run_id: str, store_url: str) -> list[int]:
+    """Live worker processes of one run of one store (see worker_table)."""
+    return list(worker_table(run_id, store_url))
+
+
+def stop_processes_of(store_url: str) -> None:
+    """SIGKILL every process whose command line names this store (detached pools and workers a
+    test left behind), so no test's processes outlive it."""
+    for proc in Path("/proc").iterdir():
+        seen = _proc(proc.name) if proc.name.isdigit() else None
+        if seen and store_url.encode() in seen[0] and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 @pytest.fixture
-def live_workers() -> Callable[[str], list[int]]:
+def live_workers() -> Callable[[str, str], list[int]]:
     return worker_pids
+
+
+@pytest.fixture
+def live_worker_table() -> Callable[[str, str], dict[int, str]]:
+    return worker_table
 
 
 @pytest.fixture

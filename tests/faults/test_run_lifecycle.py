@@ -172,7 +172,7 @@ def test_superseded_attempt_stops_and_a_second_worker_never_trains_alongside(new
     assert out.returncode == 0, out.stderr
     wait_until(lambda: len(sweep.metric_steps()) == 2, what="both runs training")
     run_id, run = _run_of(sweep)
-    first = live_workers(run_id)
+    first = live_workers(run_id, sweep.url)
     assert len(first) == 1
     overlaps: list[str] = []
     with Store.open(sweep.url) as store:
@@ -186,9 +186,9 @@ def test_superseded_attempt_stops_and_a_second_worker_never_trains_alongside(new
             row = store.runs(SWEEP).set_index("run_id").loc[run_id]
             job = row["job_id"]
             if isinstance(job, str) and job.startswith("pid:") and int(job.split(":")[2]) not in first:
-                if any(pid in live_workers(run_id) for pid in first):  # attempt 2 trains: attempt 1 must be gone
+                if any(pid in live_workers(run_id, sweep.url) for pid in first):  # attempt 2 trains: attempt 1 must be gone
                     overlaps.append(f"attempt 2 ({job}) started while attempt 1 {first} was alive")
-            return row["status"] in ("succeeded", "failed") and not set(first) & set(live_workers(run_id))
+            return row["status"] in ("succeeded", "failed") and not set(first) & set(live_workers(run_id, sweep.url))
 
         wait_until(settled, what="the run to settle and the superseded worker to stop")
         assert not overlaps, overlaps
@@ -252,12 +252,13 @@ def test_a_second_worker_on_a_locked_output_dir_fails_at_once_and_is_not_retried
 
 
 @pytest.mark.slow
-def test_concurrent_status_resume_launch_against_live_runs_never_double_dispatch(new_sweep, live_workers):
+def test_concurrent_status_resume_launch_against_live_runs_never_double_dispatch(new_sweep, live_worker_table):
     """launch with the shortest valid window (3 heartbeats) and a queued run, while status
     (mark_stale) and resume run in a loop beside it: every run trains once."""
     sweep = new_sweep(resources={"max_concurrent": 1, "time_limit_min": 10, "mem_gb": 1})
     proc = sweep.start("launch", str(sweep.spec), "--heartbeat", "1", "--stale-after", "3")
-    most = 0
+    doubles: list[dict[int, str]] = []  # every scan that saw more than one worker of a run
+    seen = 0  # most workers of one run in a scan: 1, or the scan saw nothing and proves nothing
     with Store.open(sweep.url) as store:
         while proc.poll() is None:
             try:
@@ -267,10 +268,13 @@ def test_concurrent_status_resume_launch_against_live_runs_never_double_dispatch
                 ids = list(store.runs(SWEEP)["run_id"])
             except ValueError:  # the sweep is not recorded yet
                 ids = []
-            most = max([most, *(len(live_workers(r)) for r in ids)])
+            tables = [live_worker_table(r, sweep.url) for r in ids]
+            doubles += [t for t in tables if len(t) > 1]
+            seen = max([seen, *map(len, tables)])
             time.sleep(0.3)
     stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stdout + stderr
     state = sweep.state()
     assert set(state["status"].values()) == {"succeeded"} and set(state["attempt"].values()) == {1}, state
-    assert most == 1
+    assert not doubles, doubles
+    assert seen == 1
