@@ -186,7 +186,8 @@ def test_superseded_attempt_stops_and_a_second_worker_never_trains_alongside(new
             row = store.runs(SWEEP).set_index("run_id").loc[run_id]
             job = row["job_id"]
             if isinstance(job, str) and job.startswith("pid:") and int(job.split(":")[2]) not in first:
-                if any(pid in live_workers(run_id, sweep.url) for pid in first):  # attempt 2 trains: attempt 1 must be gone
+                # attempt 2 trains: attempt 1 must be gone
+                if any(pid in live_workers(run_id, sweep.url) for pid in first):
                     overlaps.append(f"attempt 2 ({job}) started while attempt 1 {first} was alive")
             return row["status"] in ("succeeded", "failed") and not set(first) & set(live_workers(run_id, sweep.url))
 
