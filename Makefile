@@ -12,7 +12,6 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo torch;
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 DEMO_DIR ?= out
-DEMO_STORE ?= sqlite:///$(DEMO_DIR)/parcae.sqlite
 DEMO_SPEC ?= default
 DEMO_SWEEP ?= default
 
@@ -28,12 +27,13 @@ $(VENV)/.installed: pyproject.toml
 
 # The built-in default sweep (isoFLOP over mu_rec on the embedded corpus, local backend), then
 # every fit and figure in one HTML report: $(DEMO_DIR)/report/report.html.
+# The store is the one every command finds with no flags: $$PARCAE_STORE if set, else ./parcae.sqlite.
 # DEMO_SPEC / DEMO_SWEEP: another spec and the sweep name it records (README: the reseeded check).
 demo: install
 	mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/parcae-sweep launch $(DEMO_SPEC) --store $(DEMO_STORE)
-	$(VENV)/bin/parcae-sweep status $(DEMO_SWEEP) --store $(DEMO_STORE)
-	$(VENV)/bin/parcae-fit report --store $(DEMO_STORE) --sweep $(DEMO_SWEEP) --out $(DEMO_DIR)/report
+	$(VENV)/bin/parcae-sweep launch $(DEMO_SPEC)
+	$(VENV)/bin/parcae-sweep status $(DEMO_SWEEP)
+	$(VENV)/bin/parcae-fit report --sweep $(DEMO_SWEEP) --out $(DEMO_DIR)/report
 
 lint: install
 	$(VENV)/bin/ruff check --no-cache .

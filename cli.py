@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
+from parcae_scaling.db.engine import DEFAULT_URL, STORE_ENV
 from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S
 from parcae_scaling.model.flops import FlopConvention
 from parcae_scaling.model.run_spec import DataSpec, OptimizerName, OptimizerSpec, RunSpec, TokenizerKind
@@ -57,14 +59,76 @@ def _backend_names() -> Any:
     return Literal[tuple(backend_names())]
 
 
+def _progress_modes() -> Any:
+    from parcae_scaling.sweeps.render import ProgressMode
+
+    return ProgressMode
+
+
+_PROGRESS = typer.Option("--progress", help="Progress while it works: live (a view redrawn in place), plain (a "
+                                            "line now and then, no control codes), none; auto: live on a "
+                                            "terminal, else plain.")
+
+
 def _default(spec_type: type, name: str) -> Any:
     """A spec field's default, defined once in model/run_spec.py (shown by --help)."""
     return next(f.default for f in dataclasses.fields(spec_type) if f.name == name)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from parcae_scaling import __version__
+
+        typer.echo(f"parcae-scaling {__version__}")
+        raise typer.Exit()
+
+
 def make_app(name: str, about: str) -> typer.Typer:
-    """An app with the shared error boundary that prints its help when called bare."""
-    return typer.Typer(name=name, help=about, no_args_is_help=True, add_completion=False, cls=_ErrorBoundary)
+    """An app with the shared error boundary that prints its help when called bare, `--version`,
+    and shell completion (`--install-completion`)."""
+    app = typer.Typer(name=name, help=about, no_args_is_help=True, cls=_ErrorBoundary)
+
+    @app.callback()
+    def options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                      help="Print the package version and exit.")] = False) -> None:
+        pass
+
+    options.__doc__ = about  # the app's help text
+    return app
+
+
+# ---- output formats: a table for people, JSON or CSV for scripts (every row, exact numbers) ---
+OutputFormat = Literal["table", "json", "csv"]
+_FORMAT = Annotated[OutputFormat, typer.Option("--format", help="table (for reading), or json / csv (every row, "
+                                                                "exact numbers, for scripts and spreadsheets).")]
+
+
+def _json_value(value: Any) -> Any:
+    """What json cannot write itself: numpy scalars as numbers, times in ISO 8601."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def print_frame(frame: Any, fmt: OutputFormat, table: Any) -> None:
+    """Print a command's rows: `table()` (a rich renderable) as is, or the DataFrame as JSON
+    records (NaN as null, times in ISO 8601) or CSV."""
+    if fmt == "json":
+        import json
+
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        typer.echo(json.dumps(records, indent=2, default=_json_value))
+    elif fmt == "csv":
+        import json
+
+        nested = frame.map(lambda v: json.dumps(v, default=_json_value) if isinstance(v, (dict, list)) else v)
+        typer.echo(nested.to_csv(index=False), nl=False)
+    else:
+        from rich.console import Console
+
+        Console(width=200).print(table())  # wide: exact counts must never be truncated
 
 
 sweep_app = make_app("parcae-sweep", "Plan, launch and track FLOP-matched sweeps of looped (Parcae) language models.")
@@ -92,13 +156,17 @@ def train_one_command(
                          ] = _default(DataSpec, "tokenizer"),
     eval_tokens: Annotated[int, typer.Option(help="Validation tokens per evaluated recurrence.")
                            ] = _default(RunSpec, "eval_tokens"),
-    output_dir: Annotated[str | None, typer.Option(help="Run directory (default runs/train-one-<run id>).")] = None,
+    output_dir: Annotated[str | None, typer.Option("--out", "--output-dir",
+                                                   help="Run directory (default runs/train-one-<run id>).")] = None,
     spec: Annotated[str | None, typer.Option(help="Train a RunSpec JSON file instead (other options ignored).")
                     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads; 1 is fastest for tiny models on a busy box.")] = 1,
     nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this node (torchrun); batch size is "
                                                    "per process. Default: the spec's nproc_per_node, else 1.")
                      ] = None,
+    progress: Annotated[_progress_modes(), _PROGRESS] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object and nothing else "
+                                                         "on stdout (for scripts).")] = False,
 ) -> None:
     """Train one run end to end (default: a tiny Parcae on the embedded corpus) and print its summary."""
     import json
@@ -125,8 +193,20 @@ def train_one_command(
         if result.status.value != "succeeded":
             raise typer.Exit(code=1)
         return
-    out = train_one(run)
+    from rich.console import Console
+
+    from parcae_scaling.model.run_spec import plan_tokens
+    from parcae_scaling.sweeps.render import StepWatch
+
+    # on stderr: stdout carries the summary alone
+    with StepWatch(Console(stderr=True), progress, total_steps=plan_tokens(run).steps,
+                   title=f"run {run.run_id}") as watch:
+        out = train_one(run, on_metrics=watch)
     r = out.result
+    if as_json:
+        typer.echo(json.dumps({**r.to_dict(), "data": out.data_description,
+                               "unigram_entropy_nats": out.unigram_entropy_nats}, indent=2))
+        raise typer.Exit(code=0 if r.status.value == "succeeded" else 1)
     typer.echo(json.dumps(r.to_dict(), indent=2))
     typer.echo(f"data: {out.data_description}")
     if out.unigram_entropy_nats is not None and r.final_val_loss is not None:
@@ -141,20 +221,24 @@ def configs_command(
     convention: Annotated[FlopConvention, typer.Option(help="FLOP convention (model/flops.py).")
                           ] = _default(RunSpec, "flop_convention"),
     contains: Annotated[str, typer.Option(help="Only configs whose name contains this text.")] = "",
+    fmt: _FORMAT = "table",
 ) -> None:
     """List the named model configs with parameter counts and FLOPs per token."""
-    from rich.console import Console
+    import pandas as pd
     from rich.table import Table
 
     from parcae_scaling.model import get_config, list_configs
     from parcae_scaling.model.flops import config_summary
 
     rows = [config_summary(get_config(n), convention) for n in list_configs() if contains in n]
-    table = Table("name", "layers", "d", "params", "non-emb", "core", "mu_rec/mu_bwd", f"FLOPs/token ({convention})")
-    for r in rows:
-        table.add_row(r["name"], r["layers"], str(r["d_model"]), f"{r['params']:,}", f"{r['non_embedding']:,}",
+
+    def table() -> Table:
+        t = Table("name", "layers", "d", "params", "non-emb", "core", "mu_rec/mu_bwd", f"FLOPs/token ({convention})")
+        for r in rows:
+            t.add_row(r["name"], r["layers"], str(r["d_model"]), f"{r['params']:,}", f"{r['non_embedding']:,}",
                       f"{r['core']:,}", f"{r['mu_rec']}/{r['mu_bwd']}", f"{r['flops_per_token']:,}")
-    Console(width=200).print(table)  # wide: exact counts must never be truncated
+        return t
+    print_frame(pd.DataFrame(rows).assign(flop_convention=convention), fmt, table)
 
 
 @sweep_app.command("flops")
@@ -164,25 +248,51 @@ def flops_command(
     mu_bwd: Annotated[int | None, typer.Option(help="Backprop depth (default: ceil(mu_rec / 2)).")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Context length for attention FLOPs (default: the config's).")
                        ] = None,
-    budget: Annotated[float | None, typer.Option(help="Also print the tokens this FLOP budget buys.")] = None,
+    budget: Annotated[float | None, typer.Option("--budget-flops", "--budget",
+                                                 help="Also print the tokens this FLOP budget buys.")] = None,
+    fmt: _FORMAT = "table",
 ) -> None:
     """FLOPs per token of one config under every convention (and tokens for a budget)."""
+    import pandas as pd
+    from rich.text import Text
+
     from parcae_scaling.model import get_config
     from parcae_scaling.model.flops import FLOP_CONVENTIONS, flops_per_token, tokens_for_budget
 
     overrides = {k: v for k, v in {"mu_rec": mu_rec, "mu_bwd": mu_bwd, "seq_len": seq_len}.items() if v is not None}
     config = get_config(name, **overrides)
+    rows = []
     for convention in FLOP_CONVENTIONS:
         fpt = flops_per_token(config, convention=convention)
-        extra = f"  tokens for {budget:.3g} FLOPs: {tokens_for_budget(budget, fpt):,}" if budget else ""
-        typer.echo(f"{convention:>9}: {fpt:,} FLOPs/token (mu_rec={config.mu_rec}, mu_bwd={config.mu_bwd}){extra}")
+        rows.append({"model": name, "flop_convention": convention, "flops_per_token": fpt, "mu_rec": config.mu_rec,
+                     "mu_bwd": config.mu_bwd, "seq_len": config.seq_len, "budget_flops": budget,
+                     "tokens": tokens_for_budget(budget, fpt) if budget else None})
+
+    def table() -> Text:
+        return Text("\n".join(
+            f"{r['flop_convention']:>9}: {r['flops_per_token']:,} FLOPs/token (mu_rec={r['mu_rec']}, "
+            f"mu_bwd={r['mu_bwd']})" + (f"  tokens for {budget:.3g} FLOPs: {r['tokens']:,}" if budget else "")
+            for r in rows))
+    print_frame(pd.DataFrame(rows), fmt, table)
 
 
 # ---- parcae-sweep plan | launch | status | resume | cancel (library: sweeps/) ------------------
-DEFAULT_STORE = "sqlite:///parcae.sqlite"
+DEFAULT_STORE: Any = None  # resolved by _resolve_store: $PARCAE_STORE, else ./parcae.sqlite or a parent's
+
+
+def _resolve_store(url: str | None) -> str:
+    """--store as typed, else the one default of every command (db/engine.py default_url)."""
+    from parcae_scaling.db.engine import default_url
+
+    return url or default_url()
+
+
 _SPEC = Annotated[str | None, typer.Argument(help="Sweep spec (.yaml/.toml) or a built-in name; default: the "
                                                  "built-in 'default'.")]
-_STORE_URL = Annotated[str, typer.Option("--store", help="Store URL (SQLite file or PostgreSQL).")]
+_STORE_URL = Annotated[str, typer.Option("--store", envvar=STORE_ENV, show_envvar=True, callback=_resolve_store,
+                                          show_default=f"{DEFAULT_URL} here or in the nearest parent folder",
+                                          help="Store URL (SQLite file or PostgreSQL); the same default for every "
+                                               "command and notebook.")]
 _BACKEND = typer.Option("--backend", help="Where the runs go (sweeps/backend.py).")  # choices: _backend_names()
 _DETACH = Annotated[bool, typer.Option("--detach", help="Return after submission (local, submitit).")]
 _HEARTBEAT = Annotated[float, typer.Option("--heartbeat", help="Worker heartbeat interval (s).")]
@@ -219,17 +329,28 @@ def plan_command(
     budget_hours: _BUDGET_HOURS = None,
     all_rows: Annotated[bool, typer.Option("--all", help="Print every run (default: the first and last runs of a "
                                                          "large plan, and the totals).")] = False,
+    fmt: _FORMAT = "table",
 ) -> None:
     """Validate a sweep spec and print its runs, costs and flagged problems (writes nothing)."""
-    from rich.console import Console
+    import pandas as pd
 
     from parcae_scaling.sweeps import load_spec, plan
     from parcae_scaling.sweeps.render import PLAN_ROWS_SHOWN, plan_table
 
     p = plan(load_spec(spec or "default"))
-    Console(width=200).print(plan_table(p, max_rows=None if all_rows else PLAN_ROWS_SHOWN, more_hint="--all"))
+    print_frame(pd.DataFrame([r.row() for r in p.runs]).assign(sweep=p.sweep), fmt,
+                lambda: plan_table(p, max_rows=None if all_rows else PLAN_ROWS_SHOWN, more_hint="--all"))
     if budget_hours is not None:
         p.check_budget(budget_hours)
+
+
+def _sweep_watch(sweep: str, progress: Any):  # noqa: ANN202
+    """The live view (or plain lines) of a blocking launch/resume, on stdout beside its summary."""
+    from rich.console import Console
+
+    from parcae_scaling.sweeps.render import SweepWatch
+
+    return SweepWatch(Console(), progress, title=f"sweep {sweep}")
 
 
 def _interrupted(sweep: str, store: str) -> NoReturn:
@@ -254,8 +375,13 @@ def launch_command(
     address: _ADDRESS = None,
     heartbeat: _HEARTBEAT = DEFAULT_HEARTBEAT_S,
     stale_after: _STALE = DEFAULT_STALE_AFTER_S,
+    progress: Annotated[_progress_modes(), _PROGRESS] = "auto",
 ) -> None:
-    """Record a sweep in the store and dispatch every run not yet done (safe to repeat)."""
+    """Record a sweep in the store and dispatch every run not yet done (safe to repeat).
+
+    Runs also report to the trackers in the spec's `tracking:` (files in <output_root>/<sweep>/tracking).
+
+    W&B always runs offline, whatever WANDB_MODE says (no network); upload later with `wandb sync`."""
     import dataclasses
 
     from parcae_scaling.sweeps import launch, load_spec, plan
@@ -267,8 +393,10 @@ def launch_command(
                                                                               max_concurrent=max_concurrent)
     with _open_store(store, write=True, create=True) as st:
         try:
-            rep = launch(p, st, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
-                         allow_drift=allow_drift, heartbeat_s=heartbeat, stale_after_s=stale_after, resources=res)
+            with _sweep_watch(p.sweep, "none" if detach else progress) as watch:
+                rep = launch(p, st, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
+                             allow_drift=allow_drift, heartbeat_s=heartbeat, stale_after_s=stale_after, resources=res,
+                             on_poll=watch)
         except KeyboardInterrupt:
             _interrupted(p.sweep, store)
     typer.echo(f"sweep {rep.sweep}: {rep.planned} runs planned, {rep.newly_recorded} newly recorded, "
@@ -280,36 +408,99 @@ def launch_command(
         raise typer.Exit(code=1)
 
 
+def _print_run(details: dict[str, Any], fmt: OutputFormat) -> None:
+    """`status --run`: one run's fields and provenance as a two-column table, JSON or CSV."""
+    import json
+
+    import pandas as pd
+    from rich.table import Table
+
+    if fmt == "json":
+        typer.echo(json.dumps(details, indent=2, default=_json_value))
+        return
+    provenance = details.get("provenance") or {}
+    rows = [(k, v) for k, v in details.items() if k != "provenance"]
+    rows += [(f"provenance.{k}", v) for k, v in provenance.items()] or [("provenance", "none (never started)")]
+    frame = pd.DataFrame(rows, columns=["field", "value"])
+
+    def table() -> Table:
+        t = Table(title=f"run {details['run_id']}", show_header=False)
+        t.add_column("field")
+        t.add_column("value")
+        other = details["other_version"]
+        for k, v in rows:
+            mark = "  * another parcae-scaling than this one" if k == "package_version" and other else ""
+            t.add_row(k, ("-" if v is None else str(v)) + mark)
+        return t
+    print_frame(frame, fmt, table)
+
+
 @sweep_app.command("status")
 def status_command(
     sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: all sweeps).")] = None,
     store: _STORE_URL = DEFAULT_STORE,
     watch: Annotated[float, typer.Option("--watch", help="Refresh every N seconds (live view).")] = 0.0,
     stale_after: _STALE = DEFAULT_STALE_AFTER_S,
+    fmt: _FORMAT = "table",
+    run: Annotated[str | None, typer.Option("--run", help="Only this run (its id, or its legacy id from before "
+                                                          "schema 0004), with the provenance of its latest "
+                                                          "(re)start.")] = None,
 ) -> None:
-    """Runs by state with progress, last loss and failure kind; stale heartbeats become node_lost."""
+    """Runs by state with progress, last loss and failure kind; stale heartbeats become node_lost.
+    An `other code` column marks runs last trained by another parcae-scaling version."""
     import time
 
-    from rich.console import Console
     from rich.live import Live
 
     from parcae_scaling.sweeps import mark_stale, status_table
     from parcae_scaling.sweeps.render import status_view
 
+    if watch > 0 and fmt != "table":
+        raise typer.BadParameter("--watch redraws a table; drop --watch for --format json/csv", param_hint="--watch")
+    if watch > 0 and run is not None:
+        raise typer.BadParameter("--watch redraws the sweep's table; drop --watch to show one --run",
+                                 param_hint="--watch")
     with _open_store(store, write=False) as st:
         if sweep is not None:
             st.require_sweep(sweep)
+        if run is not None:
+            from parcae_scaling.sweeps.launch import run_details
+
+            mark_stale(st, sweep, stale_after_s=stale_after)
+            _print_run(run_details(st, run, sweep), fmt)
+            return
 
         def view():  # noqa: ANN202
             mark_stale(st, sweep, stale_after_s=stale_after)
             return status_view(status_table(st, sweep), title=f"sweep {sweep or '(all)'}")
         if watch <= 0:
-            Console(width=200).print(view())
+            mark_stale(st, sweep, stale_after_s=stale_after)
+            frame = status_table(st, sweep)
+            print_frame(frame, fmt, lambda: status_view(frame, title=f"sweep {sweep or '(all)'}"))
             return
         with Live(view(), refresh_per_second=1) as live:
             while True:
                 time.sleep(watch)
                 live.update(view())
+
+
+@sweep_app.command("export")
+def export_command(
+    sweep: Annotated[str, typer.Argument(help="Sweep name in the store.")],
+    to: Annotated[Path, typer.Option("--to", help="runs.csv or runs.parquet: the runs file; its per-depth evals "
+                                                  "go beside it (runs.evals.csv), and with --metrics the metric "
+                                                  "histories (runs.metrics.csv).")],
+    store: _STORE_URL = DEFAULT_STORE,
+    metrics: Annotated[bool, typer.Option("--metrics", help="Also write every run's training metric history.")
+                       ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Write a sweep's runs (state, final losses, provenance), evals and optionally metric histories
+    as CSV or Parquet; `parcae-fit isoflop runs.csv` reads the runs file back."""
+    from parcae_scaling.db.export import export_sweep
+
+    with _open_store(store, write=False) as st:
+        typer.echo(export_sweep(st, sweep, to, metrics=metrics, overwrite=force).summary())
 
 
 @sweep_app.command("resume")
@@ -327,15 +518,17 @@ def resume_command(
     address: _ADDRESS = None,
     heartbeat: _HEARTBEAT = DEFAULT_HEARTBEAT_S,
     stale_after: _STALE = DEFAULT_STALE_AFTER_S,
+    progress: Annotated[_progress_modes(), _PROGRESS] = "auto",
 ) -> None:
     """Re-dispatch lost, preempted and retryable failed runs from their checkpoints."""
     from parcae_scaling.sweeps import load_spec, resume
 
     with _open_store(store, write=True) as st:
         try:
-            rep = resume(st, sweep, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
-                         include_failed=include_failed, heartbeat_s=heartbeat, stale_after_s=stale_after,
-                         spec=load_spec(spec) if spec else None, allow_drift=allow_drift)
+            with _sweep_watch(sweep, "none" if detach else progress) as watch:
+                rep = resume(st, sweep, _sweep_backend(backend, partition, address), store_url=store, detach=detach,
+                             include_failed=include_failed, heartbeat_s=heartbeat, stale_after_s=stale_after,
+                             spec=load_spec(spec) if spec else None, allow_drift=allow_drift, on_poll=watch)
         except KeyboardInterrupt:
             _interrupted(sweep, store)
     typer.echo(f"sweep {sweep}: {len(rep.lost)} lost, {len(rep.dispatched)} re-dispatched on {backend}")
@@ -349,7 +542,9 @@ def cancel_command(
     sweep: Annotated[str | None, typer.Argument(help="Sweep name.")] = None,
     store: _STORE_URL = DEFAULT_STORE,
     run: Annotated[list[str] | None, typer.Option("--run", help="Only these run ids.")] = None,
-    all_sweeps: Annotated[bool, typer.Option("--all", help="Every live run of every sweep.")] = False,
+    all_sweeps: Annotated[bool, typer.Option("--all", help="Every live run of every sweep (asks first).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before cancelling every sweep's runs.")
+               ] = False,
 ) -> None:
     """Cancel live runs (they stay resumable with `resume --include-failed`)."""
     from parcae_scaling.sweeps import cancel
@@ -360,5 +555,70 @@ def cancel_command(
     with _open_store(store, write=True) as st:
         if sweep is not None:
             st.require_sweep(sweep)
+        if sweep is None and not run and not yes:  # unscoped: say what it would stop, and ask
+            from parcae_scaling.db import RunStatus
+
+            live = st.runs()
+            live = live[~live["status"].isin([s.value for s in RunStatus if s.is_final])]  # what cancel() stops
+            if live.empty:
+                typer.echo("no live runs to cancel")
+                return
+            counts = ", ".join(f"{n} in {name}" for name, n in live["sweep"].value_counts().sort_index().items())
+            if not typer.confirm(f"cancel {len(live)} live run(s) ({counts}) in {store}?", default=False):
+                typer.echo("nothing cancelled", err=True)
+                raise typer.Exit(code=1)
         ids = cancel(st, sweep, run_ids=run or None)
     typer.echo(f"cancelled {len(ids)} run(s)" + (": " + ", ".join(ids) if ids else ""))
+
+
+# ---- parcae-sweep prepare-data (library: model/train/data.py prepare_data, model/train/prepare.py) ----
+def _shown_paths(paths: tuple[str, ...], most: int = 3) -> str:
+    shown = [os.path.abspath(p) for p in paths[:most]]
+    return ", ".join(shown) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+@sweep_app.command("prepare-data")
+def prepare_data_command(
+    spec: _SPEC = None,
+    progress: Annotated[_progress_modes(), _PROGRESS] = "auto",
+) -> None:
+    """Tokenize the data a sweep's runs need, once, ahead of launch (cached; safe to repeat)."""
+    from rich.console import Console
+
+    from parcae_scaling.model.train.data import prepare_data
+    from parcae_scaling.sweeps import load_spec, plan
+    from parcae_scaling.sweeps.render import PrepWatch
+
+    datasets = plan(load_spec(spec or "default")).data_specs()
+    built = 0
+    for i, data in enumerate(datasets, 1):
+        with PrepWatch(Console(stderr=True), progress) as watch:
+            prepared = prepare_data(data, on_progress=watch)
+        typer.echo(f"dataset {i}/{len(datasets)}: {prepared.description}")
+        for name, split in (("train", prepared.train), ("val", prepared.val)):
+            state = ("pre-tokenized, nothing to prepare" if data.source == "bin"
+                     else "prepared now" if split.built else "already prepared")
+            typer.echo(f"  {name}: {split.tokens:,} tokens in {_shown_paths(split.paths)} ({state})")
+        built += prepared.built
+    typer.echo(f"{len(datasets)} dataset(s) ready: {built} prepared now, {len(datasets) - built} already prepared")
+
+
+# ---- parcae-sweep export-model (library: sweeps/model_export.py, model/train/export.py) -----------
+@sweep_app.command("export-model")
+def export_model_command(
+    run_id: Annotated[str, typer.Argument(help="Run id (the run_id column of `parcae-sweep status SWEEP`).")],
+    to: Annotated[str, typer.Option("--to", help="Directory for model.safetensors and config.json (created).")],
+    store: _STORE_URL = DEFAULT_STORE,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the export files in a non-empty --to "
+                                                        "directory.")] = False,
+) -> None:
+    """Export a succeeded run's final weights as safetensors plus a config.json that rebuilds the model."""
+    from parcae_scaling.sweeps.model_export import export_run
+
+    with _open_store(store, write=False) as st:
+        config = export_run(st, run_id, to, force=force)
+    loss = f"{config.final_val_loss:.4f}" if config.final_val_loss is not None else "unknown"
+    typer.echo(f"exported run {config.run_id} of sweep {config.sweep} ({config.model.name}, mu_rec {config.mu_rec}, "
+               f"{config.tokens_trained:,} tokens, final val loss {loss}) to {to}")
+    typer.echo(f"load it with: from parcae_scaling.model.train.export import load_exported; "
+               f"model, config = load_exported({to!r})")

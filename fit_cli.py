@@ -15,7 +15,8 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from parcae_scaling.cli import make_app
+from parcae_scaling.cli import OutputFormat, make_app, print_frame
+from parcae_scaling.db.engine import DEFAULT_URL, STORE_ENV
 from parcae_scaling.scaling.isoflop import Estimator, XName
 from parcae_scaling.scaling.report.cli_support import EffectiveParamsMode, FitInputs, ParametricLaw, effective_params
 from parcae_scaling.scaling.results import DEFAULT_BOOTSTRAP, FitResult
@@ -27,14 +28,21 @@ INPUT_OPTIONS = (
     inspect.Parameter("csv", _KW, default=None, annotation=Annotated[
         Path | None, typer.Argument(help="results CSV (run table; see scaling/data.py)")]),
     inspect.Parameter("store", _KW, default=None, annotation=Annotated[
-        str | None, typer.Option("--store", help="store URL (instead of a CSV)")]),
+        str | None, typer.Option("--store", envvar=STORE_ENV, show_envvar=True,
+                                 help=f"store URL: read when no CSV is given, and where every fit is saved "
+                                      f"(default {DEFAULT_URL} here or in the nearest parent folder)")]),
     inspect.Parameter("sweep", _KW, default=None, annotation=Annotated[
-        str | None, typer.Option("--sweep", help="sweep name in the store (report: several, comma-separated, "
-                                                 "each fitted and their stability compared)")]),
+        str | None, typer.Option("--sweep", help="sweep name in the store, default its only sweep (report: "
+                                                 "several, comma-separated, default all; each fitted and their "
+                                                 "stability compared)")]),
     inspect.Parameter("out", _KW, default=Path("fits"), annotation=Annotated[
         Path, typer.Option("--out", help="output folder for JSON and figures")]),
     inspect.Parameter("model", _KW, default=None, annotation=Annotated[
         str | None, typer.Option("--model", help="model size to fit when the table holds several")]),
+    inspect.Parameter("columns", _KW, default=None, annotation=Annotated[
+        str | None, typer.Option("--columns", help="a CSV from another tool: its column names, OURS=THEIRS, e.g. "
+                                                   "params=N,tokens=D,loss=L; budget_flops = 6 N D where the file "
+                                                   "has none")]),
     inspect.Parameter("assumed_sd", _KW, default=None, annotation=Annotated[
         float | None, typer.Option("--assumed-noise-sd",
                                    help="seed-to-seed SD of one run's loss (nats) to assume where the table has no "
@@ -70,7 +78,7 @@ def _shared(name: str, options: tuple[inspect.Parameter, ...], build: Callable[.
     return decorate
 
 
-with_inputs = _shared("inputs", INPUT_OPTIONS, FitInputs)
+with_inputs = _shared("inputs", INPUT_OPTIONS, FitInputs.resolve)
 with_effective_params = _shared("effective", EFFECTIVE_PARAMS_OPTIONS, effective_params)
 
 
@@ -99,8 +107,10 @@ def fit_isoflop_command(
     from parcae_scaling.scaling.report.analyses import looped_runs, run_isoflop
 
     df, source = inputs.read()
-    typer.echo(run_isoflop(looped_runs(df), inputs.out, x=x, n_bootstrap=bootstrap, source=source,
-                           assumed_sd=inputs.assumed_sd, estimator=estimator).summary())
+    res = run_isoflop(looped_runs(df), inputs.out, x=x, n_bootstrap=bootstrap, source=source,
+                      assumed_sd=inputs.assumed_sd, estimator=estimator)
+    typer.echo(res.summary())
+    typer.echo(inputs.save(res, kind="isoflop", table=df))
 
 
 @fit_app.command("parametric")
@@ -122,6 +132,7 @@ def fit_parametric_command(
     typer.echo(fit.summary())
     if "holdout" in extra:
         typer.echo("  " + extra["holdout"]["summary"])
+    typer.echo(inputs.save(fit, kind=fit.law, table=df))
 
 
 @fit_app.command("test-time")
@@ -131,7 +142,9 @@ def fit_test_time_command(inputs: FitInputs) -> None:
     from parcae_scaling.scaling.report.analyses import run_test_time
 
     df, _ = inputs.read(kind="test_time")
-    typer.echo(run_test_time(df, inputs.out).summary())
+    res = run_test_time(df, inputs.out)
+    typer.echo(res.summary())
+    typer.echo(inputs.save(res, kind="test_time", table=df))
 
 
 @fit_app.command("frontier")
@@ -145,7 +158,10 @@ def fit_frontier_command(inputs: FitInputs, effective: Any, bootstrap: _BOOT = D
     runs = looped_runs(df)
     fit, _ = run_parametric(runs, inputs.out, n_bootstrap=bootstrap, source=source, effective_params=effective,
                             assumed_sd=inputs.assumed_sd)
-    _echo_frontier(fit, run_frontier(runs, fit, inputs.out, effective_params=effective))
+    front = run_frontier(runs, fit, inputs.out, effective_params=effective)
+    _echo_frontier(fit, front)
+    typer.echo(inputs.save(fit, kind=fit.law, table=df))
+    typer.echo(inputs.save(front, kind="frontier", table=df))
 
 
 @fit_app.command("compare")
@@ -160,13 +176,14 @@ def fit_compare_command(
     from parcae_scaling.scaling.replicates import compare_cells
     from parcae_scaling.scaling.report.store_tables import load_store
 
-    if inputs.store is None or not inputs.sweep:
-        raise ValueError("compare reads two sweeps of one store: give --store URL --sweep NAME --against OTHER")
-    a, b = (load_store(inputs.store, name) for name in (inputs.sweep, against))
+    if inputs.store is None:
+        raise ValueError("compare reads two sweeps of one store, not a CSV: give --sweep NAME --against OTHER")
+    sweep = inputs.one_sweep()
+    a, b = (load_store(inputs.store, name) for name in (sweep, against))
     if inputs.model is not None:
         a, b = (t[t["model"].astype(str) == inputs.model] for t in (a, b))
     table, noise = compare_cells(a, b, assumed_sd=inputs.assumed_sd)
-    typer.echo(f"{against} minus {inputs.sweep}, per shared cell (95% intervals); {noise.describe()}")
+    typer.echo(f"{against} minus {sweep}, per shared cell (95% intervals); {noise.describe()}")
     for r in table.itertuples():
         where = ", ".join(f"{k}={getattr(r, k)}" for k in ("arch", "model", "budget_flops", "mu_rec")
                           if hasattr(r, k))
@@ -195,20 +212,17 @@ def fit_report_command(
     from parcae_scaling.scaling.report.cli_support import csv_report
 
     if inputs.store is None:  # a CSV holds fit inputs only: JSON and figures, no HTML
-        rep = csv_report(inputs.csv, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
-                         effective_params=effective, test_time_csv=test_time_csv, assumed_sd=inputs.assumed_sd)
+        rep = csv_report(inputs, n_bootstrap=bootstrap, effective_params=effective, test_time_csv=test_time_csv)
         typer.echo(rep.isoflop.summary())
         _echo_frontier(rep.fit, rep.frontier)
         if rep.test_time is not None:
             typer.echo(rep.test_time.summary())
+        typer.echo("\n".join(rep.stored))
         return
     from parcae_scaling.scaling.report.html import write_html
     from parcae_scaling.scaling.report.sweep_report import build_report
 
-    if inputs.csv is not None or not inputs.sweep:
-        raise ValueError("give either a CSV path, or --store URL with --sweep NAME[,NAME...]")
-    sweeps = [s.strip() for s in inputs.sweep.split(",") if s.strip()]
-    rep = build_report(inputs.store, sweeps, inputs.out, model=inputs.model, n_bootstrap=bootstrap,
+    rep = build_report(inputs.store, inputs.sweeps(), inputs.out, model=inputs.model, n_bootstrap=bootstrap,
                        effective_params=effective, fits=fits, assumed_sd=inputs.assumed_sd)
     for s in rep.sections:
         typer.echo(f"== {s.title}" + (f"\n  not available: {s.error}" if s.error else ""))
@@ -216,3 +230,34 @@ def fit_report_command(
             typer.echo("  " + s.summary.replace("\n", "\n  "))
     path = write_html(rep, html or inputs.out / "report.html")
     typer.echo(f"report: {path} ({len(rep.figures)} figures; PNG and PDF under {inputs.out})")
+
+
+@fit_app.command("list")
+def fit_list_command(
+    store: Annotated[str | None, typer.Option("--store", envvar=STORE_ENV, show_envvar=True,
+                                              help=f"store URL (default {DEFAULT_URL} here or in the nearest "
+                                                   "parent folder)")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="only this sweep's fits")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="only fits of this kind (isoflop, parcae, chinchilla, "
+                                                            "frontier, test_time, ...)")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """The fits saved in the store (every parcae-fit command saves its fits), newest first."""
+    from rich.table import Table
+
+    from parcae_scaling.db import Store, default_url
+
+    with Store.open(store or default_url(), upgrade=False) as st:
+        fits = st.fits(kind=kind, sweep=sweep)
+
+    def table() -> Table:
+        t = Table("fit id", "kind", "sweep / csv", "convention", "created", "parameters")
+        for r in fits.itertuples():
+            sel = r.selection or {}
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                               for k, v in list((r.parameters or {}).items())[:6])
+            source = r.sweep if isinstance(r.sweep, str) else sel.get("csv") or "-"
+            t.add_row(str(r.fit_id), r.kind, source, r.convention,
+                      f"{r.created:%Y-%m-%d %H:%M}", params)
+        return t
+    print_frame(fits, fmt, table)

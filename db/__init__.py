@@ -1,6 +1,6 @@
 """The experiment store: schema, migrations, the Store API and the sinks workers write through."""
 
-from parcae_scaling.db.engine import DEFAULT_URL
+from parcae_scaling.db.engine import DEFAULT_URL, STORE_ENV, default_url
 from parcae_scaling.db.errors import (
     NoStoreError, SchemaError, StoreError, StoreUnavailableError, Superseded, UnknownRunError,
     UnknownSweepError, UnsafeFilesystemError,
@@ -14,5 +14,5 @@ from parcae_scaling.db.store_sink import StoreSink
 __all__ = [
     "DEFAULT_URL", "EvalRow", "IngestReport", "MetricsSink", "NoStoreError", "RunDirSink", "RunRecord", "RunStatus",
     "SchemaError", "Store", "StoreError", "StoreSink", "StoreUnavailableError", "Superseded", "UnknownRunError",
-    "UnknownSweepError", "UnsafeFilesystemError", "read_run_dir",
+    "UnknownSweepError", "UnsafeFilesystemError", "STORE_ENV", "default_url", "read_run_dir",
 ]

@@ -12,7 +12,10 @@ from sqlalchemy.pool import StaticPool
 
 from parcae_scaling.db.errors import NoStoreError, StoreError, StoreUnavailableError, UnsafeFilesystemError
 
+# Where every command, the Makefile and the notebooks find the store: --store, else $PARCAE_STORE,
+# else this file in the current directory or the nearest parent holding one (see default_url).
 DEFAULT_URL = "sqlite:///parcae.sqlite"
+STORE_ENV = "PARCAE_STORE"
 # How long an SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 120.0
 
@@ -31,10 +34,24 @@ MULTI_NODE_ADVICE = (
 )
 
 
+def default_url(cwd: Path | None = None) -> str:
+    """The store a command uses when given none: $PARCAE_STORE if set, else DEFAULT_URL's file in
+    `cwd` or, as git finds its repository, in the nearest parent directory holding one (a notebook
+    runs in notebooks/, the demo's store is one level up), else DEFAULT_URL (launch creates it)."""
+    if os.environ.get(STORE_ENV):
+        return os.environ[STORE_ENV]
+    name = make_url(DEFAULT_URL).database or ""
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / name).is_file():
+            return DEFAULT_URL if folder == here else f"sqlite:///{folder / name}"
+    return DEFAULT_URL
+
+
 def normalise_url(url: str | URL | None) -> URL:
-    """`None` -> the default SQLite file; a bare path -> SQLite; `postgresql://` -> psycopg 3."""
+    """`None` -> the default store (default_url); a bare path -> SQLite; `postgresql://` -> psycopg 3."""
     if url is None:
-        url = DEFAULT_URL
+        url = default_url()
     if isinstance(url, str) and "://" not in url:
         url = f"sqlite:///{url}"
     try:
@@ -161,7 +178,8 @@ def _sqlite_engine(url: URL, *, create: bool = True) -> Engine:
             raise StoreError(f"directory {path.parent} for SQLite store {path} does not exist; create it first")
         if not create and not path.exists():
             # sqlite3.connect would create the file: a mistyped path must not become an empty store.
-            raise NoStoreError(f"no store at {path}; check the path (launch creates a store)")
+            raise NoStoreError(f"no store at {path}; check the path, or set --store / ${STORE_ENV} to the store "
+                               "`parcae-sweep launch` filled (launch creates one)")
         check_sqlite_path(str(path))
     kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
     if memory:

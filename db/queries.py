@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 from sqlalchemy import Connection, Engine, Select, and_, func, select, table as sql_table
 
-from parcae_scaling.db.errors import UnknownSweepError
+from parcae_scaling.db.errors import UnknownRunError, UnknownSweepError
 from parcae_scaling.db.schema import Eval, Fit, Metric, Run, Sweep
 from parcae_scaling.model.contracts import RunStatus
 
@@ -31,7 +31,7 @@ RUNS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "status_step": "Int64", "backend": "object", "job_id": "object",
     "attempt": "int64", "heartbeat": "datetime64[ns, UTC]", "started": "datetime64[ns, UTC]",
     "ended": "datetime64[ns, UTC]", "failure_kind": "object", "failure_message": "object",
-    "output_dir": "object",
+    "output_dir": "object", "legacy_id": "object",
 }
 FINAL_LOSS_COLUMNS: dict[str, str] = {
     **_RUN_COLUMNS, "final_step": "Int64", "train_loss": "float64", "eval_loss": "float64",
@@ -94,7 +94,7 @@ class StoreQueries:
         """One row per run (the status view), ordered by sweep, size, budget, mu_rec."""
         cols = [*_RUN_SELECT, Run.status_step, Run.backend, Run.job_id, Run.attempt,
                 Run.heartbeat, Run.started, Run.ended, Run.failure_kind, Run.failure_message,
-                Run.output_dir]
+                Run.output_dir, Run.legacy_id]
         stmt = select(*cols).order_by(Run.sweep, Run.model_size, Run.budget_flops, Run.mu_rec, Run.id)
         if sweep is not None:
             stmt = stmt.where(Run.sweep == sweep)
@@ -122,6 +122,25 @@ class StoreQueries:
         if row is None:
             raise KeyError(f"run {run_id!r} is not recorded; list runs with Store.runs(sweep)")
         return row[0]
+
+    def code_versions(self, sweep: str | None = None) -> dict[str, str | None]:
+        """run id -> the package version of its latest (re)start (provenance); None before it started."""
+        stmt = select(Run.id, Run.provenance["package_version"].as_string())
+        if sweep is not None:
+            stmt = stmt.where(Run.sweep == sweep)
+        with self._read() as conn:
+            return {rid: version for rid, version in conn.execute(stmt)}
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """The recorded id of a run named by its id or by its legacy id (the id it had while ids
+        hashed the package version, before schema revision 0004); UnknownRunError if neither."""
+        with self._read() as conn:
+            for column in (Run.id, Run.legacy_id):
+                found = conn.execute(select(Run.id).where(column == run_id)).scalars().first()
+                if found is not None:
+                    return found
+        where = self.engine.url.render_as_string(hide_password=True)
+        raise UnknownRunError(f"run {run_id!r} is not recorded in {where}; `parcae-sweep status SWEEP` lists its runs")
 
     def run_spec(self, run_id: str) -> dict[str, Any]:
         """The full resolved spec a run was recorded with."""

@@ -101,6 +101,9 @@ class Run(Base):
     failure_message: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(String(1000))  # revision 0002
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # revision 0003, latest (re)start
+    # revision 0004: the id a run had while ids hashed the package version (its run directory's
+    # files still carry it); NULL for runs recorded since
+    legacy_id: Mapped[str | None] = mapped_column(String(64))
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

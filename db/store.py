@@ -369,20 +369,22 @@ class Store(StoreQueries, StoreFits):
 
     def ingest_run_dir(self, run_id: str, path: str | os.PathLike[str]) -> IngestReport:
         """Load a RunDirSink directory in one transaction; safe to repeat (idempotent) and safe
-        while the worker is still writing (an incomplete last line waits for the next ingest)."""
+        while the worker is still writing (an incomplete last line waits for the next ingest).
+        Rows under the run's legacy id (written before schema revision 0004) are the run's too."""
         contents = read_run_dir(path)
-        foreign = {r for r, *_ in contents.metrics} | {r for r, _ in contents.evals}
-        foreign |= {s.run_id for s in contents.statuses} | {r for r, _ in contents.provenance}
-        foreign -= {run_id}
-        if foreign:
-            raise ValueError(
-                f"run directory {path} holds rows of runs {sorted(foreign)}, not only {run_id!r}; "
-                "ingest each run's directory with its own run id"
-            )
         with self.engine.begin() as conn:
-            if conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+            known = conn.execute(select(Run.id, Run.legacy_id).where(Run.id == run_id)).first()
+            if known is None:
                 raise UnknownRunError(f"run {run_id!r} is not recorded; call Store.record_run first")
-            rows: list[_DbMetric] = [(r, n, s, v) for r, s, n, v in contents.metrics]
+            foreign = {r for r, *_ in contents.metrics} | {r for r, _ in contents.evals}
+            foreign |= {s.run_id for s in contents.statuses} | {r for r, _ in contents.provenance}
+            foreign -= {run_id, known.legacy_id}
+            if foreign:
+                raise ValueError(
+                    f"run directory {path} holds rows of runs {sorted(foreign)}, not only {run_id!r}; "
+                    "ingest each run's directory with its own run id"
+                )
+            rows: list[_DbMetric] = [(run_id, n, s, v) for _, s, n, v in contents.metrics]
             for i in range(0, len(rows), WRITE_CHUNK_ROWS):
                 self._insert_metrics(conn, rows[i : i + WRITE_CHUNK_ROWS])
             if contents.evals:

@@ -3,8 +3,11 @@
 A RunSpec is complete (model config with mu_rec/mu_bwd, budget, recipe, data, seed, output
 directory), so a worker can run from it alone on any node. `canonical_json()` is its stable
 serialisation (sorted keys, no whitespace); `run_id` hashes the parts that change the result
-(everything except output directory, logging/checkpoint cadence and device choice) together with
-the package version, so the same plan gives the same ids.
+(everything except output directory, logging/checkpoint cadence, device choice and trackers) together with
+the run-spec version RUN_SPEC_VERSION, so the same plan gives the same ids, also after a code
+upgrade. The code version is provenance, recorded with the run (model/train/provenance.py), not
+identity. Bump RUN_SPEC_VERSION only when the meaning of a field changes (same spec, different
+training): that changes every id on purpose.
 
 Token rule (`plan_tokens`): tokens = floor(budget_flops / flops_per_token) (or the given token
 count), then floored to whole optimizer steps of batch_size * grad_accum_steps * world_size * seq_len
@@ -36,11 +39,16 @@ DepthSampling = Literal["per_rank", "shared"]
 Sharding = Literal["ddp", "zero"]
 DistBackend = Literal["auto", "gloo", "nccl"]
 TokenizerKind = Literal["byte", "bpe"]
-RUN_SPEC_VERSION = 1
+TrackerName = Literal["wandb", "mlflow", "tensorboard"]  # db/trackers.py TRACKERS implements each
+RUN_SPEC_VERSION = 1  # in every run id: bump only when a field's meaning changes
+# Until schema revision 0004 a run id hashed the package version in place of RUN_SPEC_VERSION
+# (f"{version}|{blob}"), and every release did so as 0.1.0. Run directories written then (checkpoints,
+# summaries, run-dir files) name their run by such an id; `RunSpec.legacy_run_ids` recomputes it.
+LEGACY_ID_PACKAGE_VERSIONS = ("0.1.0",)
 # Fields that do not change what is trained (excluded from run_id). The process layout is
 # placement too: the run_id hashes the global batch, so a run resumes under any world size.
 _NON_SCIENTIFIC = ("output_dir", "metrics_every_steps", "checkpoint_every_steps", "device",
-                   "nproc_per_node", "nodes", "sharding", "dist_backend")
+                   "nproc_per_node", "nodes", "sharding", "dist_backend", "tracking")
 
 
 # torch.manual_seed takes seeds in [-2**63, 2**64 - 1]; larger ones fail only at run time.
@@ -209,6 +217,42 @@ class DataSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrackingSpec:
+    """Experiment trackers that also receive a run's metrics, evals and provenance (db/trackers.py).
+
+    Not science: excluded from run_id. The store stays the record; a tracker that fails is
+    switched off for the rest of the run with one warning line. Where tracker files go: `dir`
+    (None: `<output_dir>/tracking`; a sweep sets `<output_root>/<sweep>/tracking`), holding
+    `tensorboard/<run id>/`, `wandb/offline-run-*` (W&B is always offline) and `mlflow.db`
+    (unless `mlflow_uri` names another MLflow tracking store)."""
+
+    trackers: tuple[TrackerName, ...] = ()
+    dir: str | None = None
+    mlflow_uri: str | None = None
+    sweep: str = ""  # the sweep's name (set by the planner): W&B project and group, MLflow experiment, a tag
+
+    def __post_init__(self) -> None:
+        c = "TrackingSpec"
+        trackers = self.trackers
+        if isinstance(trackers, str):  # one name, not a sequence of characters
+            trackers = (trackers,)
+        if not isinstance(trackers, (list, tuple)):
+            raise _bad(c, "trackers", f"must be a list of tracker names, got {trackers!r}",
+                       f"write e.g. [{', '.join(get_args(TrackerName))}]")
+        for name in trackers:
+            _check_choice(c, "trackers", name, TrackerName)
+        if len(set(trackers)) != len(trackers):
+            raise _bad(c, "trackers", f"{list(trackers)} names a tracker twice", "list each tracker once")
+        object.__setattr__(self, "trackers", tuple(trackers))
+        for name in ("dir", "mlflow_uri"):
+            if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise _bad(c, name, f"must be a non-empty text, got {getattr(self, name)!r}",
+                           "write a path (dir) or a URI such as sqlite:///mlflow.db (mlflow_uri), or drop it")
+        if not isinstance(self.sweep, str):
+            raise _bad(c, "sweep", f"must be a sweep name, got {self.sweep!r}", "write the name as text")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TokenPlan:
     """How many tokens and steps a run trains, and the FLOPs that plan costs."""
 
@@ -253,6 +297,7 @@ class RunSpec:
     depth_sampling: DepthSampling = "per_rank"
     sharding: Sharding = "ddp"  # "zero": ZeroRedundancyOptimizer shards optimizer state over ranks
     dist_backend: DistBackend = "auto"  # auto: nccl on CUDA, gloo on CPU
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)  # experiment trackers (not science)
 
     def __post_init__(self) -> None:
         from parcae_scaling.model.config import ModelConfig
@@ -260,7 +305,8 @@ class RunSpec:
         c = "RunSpec"
         if not isinstance(self.model, ModelConfig):
             raise _bad(c, "model", f"must be a ModelConfig, got {type(self.model).__name__}", "use get_config(...)")
-        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec)):
+        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec),
+                          ("tracking", TrackingSpec)):
             if not isinstance(getattr(self, name), typ):
                 raise _bad(c, name, f"must be a {typ.__name__}", f"construct {typ.__name__}(...)")
         if not self.output_dir:
@@ -363,6 +409,11 @@ class RunSpec:
             d[name] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
         d["data"]["train_paths"] = list(self.data.train_paths)
         d["data"]["val_paths"] = list(self.data.val_paths)
+        if self.tracking.trackers:  # absent when off: the stored specs of untracked runs stay as they were
+            d["tracking"] = {f.name: getattr(self.tracking, f.name) for f in dataclasses.fields(TrackingSpec)}
+            d["tracking"]["trackers"] = list(self.tracking.trackers)
+        else:
+            del d["tracking"]
         if self.eval_recurrences is not None:
             d["eval_recurrences"] = list(self.eval_recurrences)
         d["spec_version"] = RUN_SPEC_VERSION
@@ -390,7 +441,8 @@ class RunSpec:
         if missing:
             raise _bad("RunSpec", missing[0], "is missing", f"give every required field: {', '.join(missing)}")
         d["model"] = _from_mapping("model", d["model"], ModelConfig)
-        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec)):
+        for name, typ in (("optimizer", OptimizerSpec), ("schedule", ScheduleSpec), ("data", DataSpec),
+                          ("tracking", TrackingSpec)):
             if name in d:
                 d[name] = _from_mapping(name, d[name], typ)
         if d.get("eval_recurrences") is not None:
@@ -429,20 +481,33 @@ class RunSpec:
     def from_json(cls, text: str) -> "RunSpec":
         return cls.from_dict(json.loads(text))
 
-    @property
-    def run_id(self) -> str:
-        """Hash of the scientific content (not output dir, cache dir, cadence, device) + package version."""
-        from parcae_scaling import __version__
-
+    def _identity_blob(self) -> str:
+        """The canonical JSON of the scientific content (with spec_version = RUN_SPEC_VERSION)."""
         d = self.to_dict()
         for name in _NON_SCIENTIFIC:
-            d.pop(name)
+            d.pop(name, None)  # tracking is absent when off
         d["data"].pop("cache_dir")  # where caches live does not change the tokens
         d["grad_accum_steps"] = self.global_micro_batches  # the global batch, not its layout
         if d["depth_sampling"] == "per_rank":
             d.pop("depth_sampling")  # the default: ids of runs specified before it existed stay put
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return hashlib.sha256(f"{__version__}|{blob}".encode()).hexdigest()[:16]
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def run_id(self) -> str:
+        """Hash of the scientific content (not output dir, cache dir, cadence, device, trackers)
+        and the run-spec version (in it as `spec_version`); the package version is not in it."""
+        return hashlib.sha256(self._identity_blob().encode()).hexdigest()[:16]
+
+    @property
+    def legacy_run_ids(self) -> tuple[str, ...]:
+        """The ids this run had while run ids hashed the package version (LEGACY_ID_PACKAGE_VERSIONS)."""
+        blob = self._identity_blob()
+        return tuple(hashlib.sha256(f"{v}|{blob}".encode()).hexdigest()[:16] for v in LEGACY_ID_PACKAGE_VERSIONS)
+
+    def has_id(self, run_id: str | None) -> bool:
+        """`run_id` names this run: its id, or the legacy id that run directories written before
+        schema revision 0004 carry (checkpoints, summary.json)."""
+        return run_id == self.run_id or run_id in self.legacy_run_ids
 
 
 def _from_mapping(name: str, value: object, typ: type) -> Any:

@@ -39,7 +39,7 @@ class Table:
 
 
 def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "table",
-                   key: tuple[str, ...] = ()) -> Table:
+                   key: tuple[str, ...] = (), positive: tuple[str, ...] | None = None) -> Table:
     """Check columns and values; drop exact duplicate rows and NaN-loss rows (diverged runs)
     with a notice.
 
@@ -84,12 +84,15 @@ def validate_table(df: pd.DataFrame, required: tuple[str, ...], *, what: str = "
         if col in _NOT_NUMERIC:
             continue
         vals = df[col].to_numpy(dtype=float)
-        bad = ~np.isfinite(vals) | (vals <= 0)
+        must_be_positive = positive is None or col in positive  # a general law's inputs may be <= 0
+        bad = ~np.isfinite(vals) | ((vals <= 0) if must_be_positive else False)
         if bad.any():
             example = df.loc[bad, col].tolist()[:3]
+            kind = "non-positive or non-finite" if must_be_positive else "non-finite"
+            rule = "> 0" if must_be_positive else "a finite number"
             raise ValueError(
-                f"{what}: column {col!r} has {int(bad.sum())} non-positive or non-finite value(s), "
-                f"e.g. {example}; every {col} must be > 0 (remove or fix those rows)"
+                f"{what}: column {col!r} has {int(bad.sum())} {kind} value(s), "
+                f"e.g. {example}; every {col} must be {rule} (remove or fix those rows)"
             )
     if "mu_rec" in required:
         shallow = df["mu_rec"].to_numpy(dtype=float) < 1
@@ -145,6 +148,50 @@ def load_csv(path: str | Path) -> pd.DataFrame:
         detail = " ".join(str(err).split())
         raise ValueError(f"input CSV {str(path)!r} is not a readable CSV ({detail}); "
                          "pass a UTF-8 comma-separated results table") from None
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """`--columns params=N,tokens=D` -> {"N": "params", "D": "tokens"} (the file's name -> ours)."""
+    mapping: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        ours, sep, theirs = (part.strip() for part in item.partition("="))
+        if not sep or not ours or not theirs:
+            raise ValueError(f"--columns {text!r}: write OURS=THEIRS pairs separated by commas, e.g. "
+                             "--columns params=N,tokens=D,loss=L")
+        if theirs in mapping:
+            raise ValueError(f"--columns {text!r}: the file's column {theirs!r} is mapped twice")
+        mapping[theirs] = ours
+    return mapping
+
+
+def adapt_external(df: pd.DataFrame, mapping: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """A table from another tool as a run table: its columns renamed by `mapping` (the file's name
+    -> ours), and what a law can be fitted without derived where it is missing, each with a note:
+    budget_flops as 6 N D (the Chinchilla convention), a row number as run_id, and, for a table
+    declared foreign by a mapping, mu_rec = 1 (a fixed-depth model)."""
+    absent = [theirs for theirs in mapping if theirs not in df.columns]
+    if absent:
+        raise ValueError(f"--columns names {absent}, which the file does not have; its columns: {list(df.columns)}")
+    notes: list[str] = []
+    shadowed = [ours for ours in mapping.values() if ours in df.columns and ours not in mapping]
+    if shadowed:  # the file has a column of that name too: the mapping says which one is meant
+        df = df.drop(columns=shadowed)
+        notes.append(f"the file's own column(s) {shadowed} replaced by the mapped ones")
+    df = df.rename(columns=mapping)
+    if "budget_flops" not in df.columns and {"params", "tokens"} <= set(df.columns):
+        df = df.assign(budget_flops=6.0 * df["params"].astype(float) * df["tokens"].astype(float))
+        if "flop_convention" not in df.columns:
+            df = df.assign(flop_convention="6ND")
+        notes.append("budget_flops = 6 N D (the file has no budget_flops)")
+    if "run_id" not in df.columns:
+        df = df.assign(run_id=[f"row-{i + 1}" for i in range(len(df))])
+        notes.append("run_id = row number")
+    if "mu_rec" not in df.columns and mapping:  # declared another tool's table: a fixed-depth model
+        df = df.assign(mu_rec=1)
+        notes.append("mu_rec = 1 (no mu_rec column: a fixed-depth model)")
+    return df, notes
 
 
 def epoch_chinchilla_table(path: str | Path, *, drop_highest: int = 5) -> pd.DataFrame:

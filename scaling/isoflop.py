@@ -55,6 +55,8 @@ class BudgetOptimum:
     in_range: bool
     x_star_interval: ConfidenceInterval | None = None
     loss_star_interval: ConfidenceInterval | None = None
+    # the same bootstrap optima mapped through at_optimum's interpolation (e.g. D* at each drawn mu*)
+    at_optimum_intervals: dict[str, ConfidenceInterval] = field(default_factory=dict)
     minimum_fraction: float = float("nan")  # share of bootstrap parabolas with a minimum
     warnings: tuple[str, ...] = ()
 
@@ -99,6 +101,8 @@ class IsoFlopResult:
             for key in ("x_star_interval", "loss_star_interval"):
                 if o.get(key):
                     o[key] = ConfidenceInterval(**o[key])
+            o["at_optimum_intervals"] = {k: ConfidenceInterval(**v)
+                                         for k, v in o.get("at_optimum_intervals", {}).items()}
             o["coefficients"] = tuple(o["coefficients"])
             o["warnings"] = tuple(o["warnings"])
             optima.append(BudgetOptimum(**o))
@@ -233,6 +237,7 @@ def _optimum(fit: _BudgetFit, x: str, u_draws: np.ndarray | None, l_draws: np.nd
     loss_star = float(_evaluate(fit.coef, np.float64(u_star))) if positive else float(fit.y.min())
     at_opt = {col: float(np.exp(np.polyval(p, u_star))) for col, p in fit.interp.items()}
     x_ci = loss_ci = None
+    at_cis: dict[str, ConfidenceInterval] = {}
     fraction = float("nan")
     if u_draws is not None and positive:
         ok = np.isfinite(u_draws)
@@ -245,6 +250,8 @@ def _optimum(fit: _BudgetFit, x: str, u_draws: np.ndarray | None, l_draws: np.nd
             method = "hierarchical parametric bootstrap"
             x_ci = percentile_interval(np.exp(u_draws[ok]), level, method=method)
             loss_ci = percentile_interval(l_draws[ok], level, method=method)
+            at_cis = {col: percentile_interval(np.exp(np.polyval(p, u_draws[ok])), level, method=method)
+                      for col, p in fit.interp.items()}
             lo, hi = np.exp(fit.x_range)
             if in_range and (x_ci.low < lo * 0.999 or x_ci.high > hi * 1.001):
                 warnings.append(f"budget {budget:.3g}: the optimum's interval [{x_ci.low:.3g}, {x_ci.high:.3g}] "
@@ -255,7 +262,8 @@ def _optimum(fit: _BudgetFit, x: str, u_draws: np.ndarray | None, l_draws: np.nd
         coefficients=tuple(float(v) for v in fit.coef),
         x_star=float(np.exp(u_star)), loss_star=loss_star, at_optimum=at_opt,
         x_min=float(np.exp(fit.x_range[0])), x_max=float(np.exp(fit.x_range[1])), positive_curvature=bool(positive),
-        in_range=in_range, x_star_interval=x_ci, loss_star_interval=loss_ci, minimum_fraction=fraction,
+        in_range=in_range, x_star_interval=x_ci, loss_star_interval=loss_ci, at_optimum_intervals=at_cis,
+        minimum_fraction=fraction,
         warnings=tuple(warnings),
     )
 

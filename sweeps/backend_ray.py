@@ -54,6 +54,11 @@ class RayBackend:
     can_detach = False
 
     def __init__(self, address: str | None = None) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:  # an optional extra: local and SLURM runs need no Ray
+            raise BackendError("the ray backend needs Ray, which is not installed; "
+                               "pip install 'parcae-scaling[ray]' (or use --backend local / submitit)")
         self.address = address
         self._refs: dict[str, Any] = {}
 

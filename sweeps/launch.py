@@ -16,10 +16,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
+import parcae_scaling
 from parcae_scaling.db import RunStatus, Store
 from parcae_scaling.model.contracts import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, FailureKind
 from parcae_scaling.model.run_spec import RunSpec
@@ -29,8 +30,12 @@ from parcae_scaling.sweeps.claims import (
     RETRYABLE_KINDS, USER_RETRY_KINDS, check_liveness, claim_runs,
     mark_stale, recorded_sweeps, release_unstarted, set_job_ids, settle_claimed, sweep_spec, touch,
 )
-from parcae_scaling.sweeps.plan import Plan
+from parcae_scaling.sweeps.plan import Plan, check_trackers
 from parcae_scaling.sweeps.spec import ResourceSpec, SweepSpec, spec_from_dict
+
+# Called with status_table(store, sweep) after each poll of a blocking wait (the CLI's live view).
+OnPoll = Callable[[pd.DataFrame], None]
+
 
 class ConfigDriftError(ValueError):
     """The sweep is recorded with a different spec than the one given."""
@@ -102,7 +107,7 @@ def _stored_specs(store: Store, run_ids: Sequence[str]) -> list[RunSpec]:
 def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options: DispatchOptions,
              statuses: Sequence[RunStatus], failure_kinds: Sequence[str] | None = None,
              stale_after_s: float = DEFAULT_STALE_AFTER_S, poll_s: float = 1.0,
-             sweep: str | None = None) -> tuple[list[str], list[JobHandle]]:
+             sweep: str | None = None, on_poll: OnPoll | None = None) -> tuple[list[str], list[JobHandle]]:
     """Claim the runs that are in `statuses`, submit them, and (unless detached) wait for them.
 
     Interrupted (Ctrl-C) while submitting or waiting, the runs it claimed that never started
@@ -132,7 +137,7 @@ def dispatch(store: Store, backend: Backend, run_ids: Sequence[str], *, options:
         try:
             with _sigterm_as_interrupt():
                 wait(store, backend, handles, stale_after_s=stale_after_s, poll_s=poll_s, sweep=sweep,
-                     heartbeat_s=options.heartbeat_s, attempts=claimed)
+                     heartbeat_s=options.heartbeat_s, attempts=claimed, on_poll=on_poll)
         except KeyboardInterrupt:
             release_unstarted(store, claimed, message="interrupted (Ctrl-C) before it started")
             raise
@@ -159,10 +164,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_after_s: float,
          poll_s: float = 1.0, sweep: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-         attempts: Mapping[str, int] | None = None) -> None:
+         attempts: Mapping[str, int] | None = None, on_poll: OnPoll | None = None) -> None:
     """Block until the backend knows none of the jobs any more and no run of them is live.
     `attempts` (run id -> the attempt claimed) limits the final node_lost verdict to runs that
-    are still the claimed attempt: a run claimed again meanwhile belongs to its new dispatcher."""
+    are still the claimed attempt: a run claimed again meanwhile belongs to its new dispatcher.
+    `on_poll` gets the sweep's status_table after every poll and once more at the end."""
     job_ids = sorted({h.job_id for h in handles})
     while True:
         native = backend.poll(job_ids)
@@ -170,6 +176,8 @@ def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_
         touch(store, [h.run_id for h in handles if native.get(h.job_id) is not None and not native[h.job_id].is_final],
               status=RunStatus.PENDING)
         mark_stale(store, sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
+        if on_poll is not None:
+            on_poll(status_table(store, sweep))
         if all(state is None or state.is_final for state in native.values()):
             break
         time.sleep(poll_s)
@@ -180,12 +188,16 @@ def wait(store: Store, backend: Backend, handles: Sequence[JobHandle], *, stale_
     settle_claimed(store, attempts, live=[RunStatus.PENDING, RunStatus.RUNNING], status=RunStatus.FAILED,
                    failure_kind=FailureKind.NODE_LOST.value,
                    message="the backend reports the job ended but the run never reported an end")
+    if on_poll is not None:  # the final states, node_lost verdicts included
+        on_poll(status_table(store, sweep))
 
 
 def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach: bool = False,
            allow_drift: bool = False, log_dir: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-           stale_after_s: float = DEFAULT_STALE_AFTER_S, resources: ResourceSpec | None = None) -> LaunchReport:
-    """Record the plan and dispatch every run not yet claimed (PLANNED). Safe to repeat."""
+           stale_after_s: float = DEFAULT_STALE_AFTER_S, resources: ResourceSpec | None = None,
+           on_poll: OnPoll | None = None) -> LaunchReport:
+    """Record the plan and dispatch every run not yet claimed (PLANNED). Safe to repeat.
+    Unless detached, waits for them, calling `on_poll` with the status table after each poll."""
     check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)  # before anything is recorded
     new = record_plan(store, plan, allow_drift=allow_drift)
     lost = mark_stale(store, plan.sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
@@ -193,7 +205,8 @@ def launch(plan: Plan, store: Store, backend: Backend, *, store_url: str, detach
                               log_dir=log_dir or str(Path(plan.spec.output_root) / plan.sweep / "_logs"),
                               detach=detach, heartbeat_s=heartbeat_s)
     claimed, handles = dispatch(store, backend, [r.run_id for r in plan.runs], options=options,
-                                statuses=[RunStatus.PLANNED], stale_after_s=stale_after_s, sweep=plan.sweep)
+                                statuses=[RunStatus.PLANNED], stale_after_s=stale_after_s, sweep=plan.sweep,
+                                on_poll=on_poll)
     return LaunchReport(sweep=plan.sweep, planned=len(plan.runs), newly_recorded=new, dispatched=tuple(claimed),
                         lost=tuple(lost), handles=tuple(handles), final=_counts(store, plan.sweep),
                         unfinished=_unfinished(store, plan.sweep, claimed, detach))
@@ -209,10 +222,11 @@ def recorded_spec(store: Store, sweep: str) -> SweepSpec:
 def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach: bool = False,
            include_failed: bool = False, log_dir: str | None = None, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
            stale_after_s: float = DEFAULT_STALE_AFTER_S, spec: SweepSpec | None = None,
-           allow_drift: bool = False) -> LaunchReport:
+           allow_drift: bool = False, on_poll: OnPoll | None = None) -> LaunchReport:
     """Mark stale runs lost, then re-dispatch planned, preempted and retryable failed runs (all
     failed kinds but diverged with include_failed) from their checkpoints. Given `spec`, it must
-    match the recorded one unless allow_drift (then its new runs are recorded too)."""
+    match the recorded one unless allow_drift (then its new runs are recorded too). `on_poll`:
+    as for launch."""
     check_liveness(heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)  # before anything is recorded
     recorded = recorded_spec(store, sweep)
     if spec is not None:
@@ -223,6 +237,7 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
 
         record_plan(store, make_plan(spec), allow_drift=allow_drift)
         recorded = spec
+    check_trackers(recorded)  # the workers' trackers: a missing library is one line here
     lost = mark_stale(store, sweep, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
     kinds = list(RETRYABLE_KINDS) + (list(USER_RETRY_KINDS) if include_failed else [])
     statuses = [RunStatus.PLANNED, RunStatus.PREEMPTED, RunStatus.FAILED]
@@ -233,7 +248,7 @@ def resume(store: Store, sweep: str, backend: Backend, *, store_url: str, detach
                               detach=detach, heartbeat_s=heartbeat_s)
     ids = list(store.runs(sweep)["run_id"])
     claimed, handles = dispatch(store, backend, ids, options=options, statuses=statuses, failure_kinds=kinds,
-                                stale_after_s=stale_after_s, sweep=sweep)
+                                stale_after_s=stale_after_s, sweep=sweep, on_poll=on_poll)
     return LaunchReport(sweep=sweep, planned=len(ids), newly_recorded=0, dispatched=tuple(claimed),
                         lost=tuple(lost), handles=tuple(handles), final=_counts(store, sweep),
                         unfinished=_unfinished(store, sweep, claimed, detach))
@@ -269,9 +284,14 @@ def _counts(store: Store, sweep: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in store.runs(sweep)["status"].value_counts().items()}
 
 
-def status_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
-    """One row per run: state, progress (tokens done / planned), last loss, failure kind."""
+def status_table(store: Store, sweep: str | None = None, *, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run: state, progress (tokens done / planned), last loss, failure kind,
+    planned_flops (FLOPs per token x planned tokens, what the plan costs it), the package_version
+    that last (re)started it and other_version: that is not the running parcae-scaling. `run_ids`:
+    only these runs."""
     runs = store.runs(sweep)
+    if run_ids is not None:
+        runs = runs[runs["run_id"].isin(list(run_ids))].reset_index(drop=True)
     hist = store.metric_history(run_ids=list(runs["run_id"]), names=["loss", "tokens"]) if len(runs) else None
     last = {}
     if hist is not None and len(hist):
@@ -285,4 +305,30 @@ def status_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
     out.loc[out["status"] == RunStatus.SUCCEEDED.value, "tokens_done"] = out["tokens"]
     out["last_loss"] = [last.get(r, {}).get("loss", float("nan")) for r in out["run_id"]]
     out["progress"] = out["tokens_done"] / out["tokens"].clip(lower=1)
+    out["planned_flops"] = runs["flops_per_token"] * runs["tokens"]
+    # provenance, not identity: a run trained by another code version keeps its id; status flags it
+    versions = store.code_versions(sweep) if len(runs) else {}
+    out["package_version"] = [versions.get(r) for r in out["run_id"]]
+    out["other_version"] = [v is not None and v != parcae_scaling.__version__ for v in out["package_version"]]
+    return out
+
+
+def run_details(store: Store, run_id: str, sweep: str | None = None) -> dict[str, object]:
+    """One run, named by its id or its legacy id, as `status --run` shows it: its status_table row,
+    its legacy id and the provenance of its latest (re)start (other_version: that was another
+    parcae-scaling than this one). Given `sweep`, the run must belong to it."""
+    rid = store.resolve_run_id(run_id)
+    recorded = store.runs(sweep)
+    if rid not in set(recorded["run_id"]):
+        raise ValueError(f"run {run_id} is not a run of sweep {sweep!r}; `parcae-sweep status {sweep}` lists its runs")
+    mine = recorded.set_index("run_id").loc[rid]
+    row = status_table(store, str(mine["sweep"]), run_ids=[rid]).iloc[0]
+    legacy = mine["legacy_id"]
+    out: dict[str, object] = {"run_id": rid, "legacy_id": legacy if isinstance(legacy, str) else None}
+    for name in ("sweep", "model", "mu_rec", "budget_flops", "tokens", "status", "attempt", "tokens_done",
+                 "last_loss", "failure_kind", "failure_message", "package_version", "other_version"):
+        value = row[name]
+        out[name] = None if pd.isna(value) else value.item() if hasattr(value, "item") else value
+    out["running_version"] = parcae_scaling.__version__
+    out["provenance"] = store.run_provenance(rid)
     return out

@@ -4,16 +4,19 @@ Axes (models, budgets_flops or tokens, mu_rec, seeds) are crossed, except those 
 `zip`, which are paired elementwise. Transformer configs have fixed depth, so the mu_rec axis
 collapses to 1 for them. Tokens follow the RunSpec token rule (`plan_tokens`): floor(budget /
 FLOPs per token), floored to whole optimizer steps. Run ids are `RunSpec.run_id`: a hash of the
-resolved spec and the package version, so planning twice gives the same ids. A data-parallel
-layout (`resources.nproc_per_node` x `nodes`) splits each step's micro-batches over the processes
-(`RunSpec.with_world_size`): ids and tokens stay those of the 1-process run, and the cost is
-shown as wall-hours and device-hours = wall-hours x processes.
+resolved spec's science and the run-spec version, so planning twice gives the same ids, also
+under another package version. A data-parallel layout (`resources.nproc_per_node` x `nodes`)
+splits each step's micro-batches over the processes (`RunSpec.with_world_size`): ids and tokens
+stay those of the 1-process run, and the cost is shown as wall-hours and device-hours =
+wall-hours x processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 from parcae_scaling.db.records import RunRecord
 from parcae_scaling.model.config import ModelConfig, get_config
 from parcae_scaling.model.params import parameter_breakdown
-from parcae_scaling.model.run_spec import DataSpec, FieldError, RunSpec, TokenPlan, plan_tokens
+from parcae_scaling.model.run_spec import DataSpec, FieldError, RunSpec, TokenPlan, TrackingSpec, plan_tokens
 from parcae_scaling.sweeps.cost import wall_hours
 from parcae_scaling.sweeps.spec import SpecError, SweepSpec
 
@@ -80,6 +83,8 @@ class PlannedRun:
 class Plan:
     spec: SweepSpec
     runs: tuple[PlannedRun, ...]
+    # what `plan(check_files=False)` found missing of the data here (launch refuses it): one line each
+    data_notes: tuple[str, ...] = ()
 
     @property
     def sweep(self) -> str:
@@ -108,6 +113,10 @@ class Plan:
 
     def run_specs(self) -> list[RunSpec]:
         return [r.run for r in self.runs]
+
+    def data_specs(self) -> list[DataSpec]:
+        """The distinct datasets the runs train on, in run order (what `prepare-data` builds)."""
+        return list(dict.fromkeys(r.run.data for r in self.runs))
 
     def check_budget(self, budget_hours: float) -> None:
         """Refuse a plan whose estimated device-hours exceed the budget."""
@@ -166,7 +175,7 @@ def _token_plan(model: ModelConfig, convention: str, budget: float | None, token
                                grad_accum_steps=global_micro_batches))
 
 
-def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[RunSpec, str]:
+def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path, tracking: TrackingSpec) -> tuple[RunSpec, str]:
     mu = int(c["mu_rec"])
     overrides = tuple(sorted(spec.model_overrides.items()))
     config = _config(c["models"], overrides, mu, spec.mu_bwd_for(mu))
@@ -179,7 +188,7 @@ def _run_spec(spec: SweepSpec, c: dict[str, Any], output_root: Path) -> tuple[Ru
         optimizer=r.optimizer, schedule=r.schedule, data=spec.data, seed=int(c["seeds"]),
         metrics_every_steps=r.metrics_every_steps, checkpoint_every_steps=r.checkpoint_every_steps,
         eval_recurrences=r.eval_recurrences, eval_tokens=r.eval_tokens, precision=r.precision, device=r.device,
-        compile=r.compile, depth_sampling=r.depth_sampling,
+        compile=r.compile, depth_sampling=r.depth_sampling, tracking=tracking,
     )
     run_id = run.run_id
     res = spec.resources
@@ -216,38 +225,96 @@ def _planned(spec: SweepSpec, run: RunSpec, run_id: str) -> PlannedRun:
     )
 
 
-def check_data_files(spec: SweepSpec) -> None:
-    """Every data path or glob matches a file, and a tokenizer file exists: a missing file is
-    found now, naming it, not after the runs are claimed and dispatched. Relative paths are
-    relative to the current directory, as they are for the workers."""
+def data_problems(spec: SweepSpec) -> list[SpecError]:
+    """What is missing of the spec's data here, one error per path: an environment variable a path
+    names that is not set, a path or glob that matches no file, a tokenizer file that is missing
+    and cannot be trained (a parquet source trains its BPE from its shards at `prepare-data`).
+    Relative paths are relative to the current directory, as they are for the workers."""
     data: DataSpec = spec.data
-    if not (data.train_paths or data.val_paths or data.tokenizer_path):
-        return  # the embedded corpus: nothing to look for (and no torch import)
+    if not (data.train_paths or data.val_paths or data.tokenizer_path or data.cache_dir):
+        return []  # the embedded corpus: nothing to look for (and no torch import)
+    out: list[SpecError] = []
+    named = {"train_paths": data.train_paths, "val_paths": data.val_paths,
+             "tokenizer_path": (data.tokenizer_path,) if data.tokenizer_path else (),
+             "cache_dir": (data.cache_dir,) if data.cache_dir else ()}
+    unset = {name: _unset_variables(paths) for name, paths in named.items()}
+    for name, variables in unset.items():
+        if variables:
+            out.append(SpecError(spec.source, f"data.{name}", f"{named[name][0]!r} names the environment variable "
+                                 f"{variables[0]}, which is not set here",
+                                 f"export {variables[0]}=<the directory it stands for> before this command "
+                                 "(docs/cluster.md)"))
     from parcae_scaling.model.train.data import expand_paths
 
-    try:
-        for name in ("train_paths", "val_paths"):
-            expand_paths(getattr(data, name), field=name)
-    except FieldError as exc:
-        raise SpecError(spec.source, f"data.{exc.field_name}", exc.why, exc.fix) from None
-    if data.tokenizer_path is not None and not Path(data.tokenizer_path).expanduser().is_file():
-        raise SpecError(spec.source, "data.tokenizer_path", f"{data.tokenizer_path!r} is not a file",
-                        "give the path of the tokenizer.json")
+    for name in ("train_paths", "val_paths"):
+        for pattern in named[name] if not unset[name] else ():
+            try:
+                expand_paths([pattern], field=name)
+            except FieldError as exc:
+                out.append(SpecError(spec.source, f"data.{exc.field_name}", exc.why, exc.fix))
+    trainable = data.source == "parquet" and data.tokenizer == "bpe"  # prepare-data trains it from the shards
+    if (data.tokenizer_path is not None and not unset["tokenizer_path"] and not trainable
+            and not Path(data.tokenizer_path).expanduser().is_file()):
+        out.append(SpecError(spec.source, "data.tokenizer_path", f"{data.tokenizer_path!r} is not a file",
+                             "give the path of the tokenizer.json"))
+    return out
+
+
+def _unset_variables(paths: tuple[str, ...]) -> list[str]:
+    """Environment variables named in `paths` (left as written by the spec reader: not set)."""
+    return [m.group(1) or m.group(2) for p in paths for m in _ENV_VARIABLE.finditer(p)]
+
+
+_ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check_data_files(spec: SweepSpec) -> None:
+    """The first of `data_problems`, raised: a missing file is found now, naming it, not after the
+    runs are claimed and dispatched."""
+    problems = data_problems(spec)
+    if problems:
+        raise problems[0]
+
+
+def check_trackers(spec: SweepSpec) -> None:
+    """Every tracker the spec names can be imported here: a missing library is one line now,
+    naming the extra to install, not a warning in every worker's log."""
+    from parcae_scaling.db.trackers import TRACKING_EXTRA, missing_packages
+
+    for tracker, package in missing_packages(spec.tracking.trackers):
+        raise SpecError(spec.source, "tracking", f"the {tracker} tracker needs the {package} package, which is not "
+                        "installed", f"{TRACKING_EXTRA} (or drop {tracker} from tracking)")
+
+
+def run_tracking(spec: SweepSpec, sweep_dir: Path) -> TrackingSpec:
+    """The sweep's trackers as its runs carry them: named after the sweep, writing under
+    `<output_root>/<sweep>/tracking` unless the spec gives a dir (made absolute here)."""
+    from parcae_scaling.db.trackers import TRACKING_SUBDIR
+
+    t = spec.tracking
+    if not t.trackers:
+        return TrackingSpec()
+    where = Path(t.dir).expanduser().resolve() if t.dir else sweep_dir / TRACKING_SUBDIR
+    return dataclasses.replace(t, sweep=spec.name, dir=str(where))
 
 
 def plan(spec: SweepSpec, *, check_files: bool = True) -> Plan:
     """Every run of a sweep as a PlannedRun (ordered by model, budget/tokens, mu_rec, seed).
-    With check_files, data files must exist here (see `check_data_files`)."""
+    With check_files, data files must exist here (see `check_data_files`); without, what is missing
+    is listed in `Plan.data_notes` (planning a sweep whose data is elsewhere, e.g. a cluster's). The
+    trackers the spec names must be installed (`check_trackers`)."""
     if check_files:
         check_data_files(spec)
+    check_trackers(spec)
     output_root = Path(spec.output_root).resolve() / spec.name
+    tracking = run_tracking(spec, output_root)
     baseline_zip = tuple(a for a in spec.zip if a not in ("models", "mu_rec"))
     combos = _combinations(spec, spec.models, spec.zip) + (
         _combinations(spec, spec.baselines, baseline_zip) if spec.baselines else [])
     runs: dict[str, PlannedRun] = {}
     seen_fixed: set[tuple[Any, ...]] = set()
     for c in combos:
-        run, run_id = _run_spec(spec, c, output_root)
+        run, run_id = _run_spec(spec, c, output_root, tracking)
         if not run.model.is_looped:  # fixed depth: the mu_rec axis collapses to one run
             key = (c["models"], c.get("budgets_flops"), c.get("tokens"), c["seeds"])
             if key in seen_fixed:
@@ -258,4 +325,5 @@ def plan(spec: SweepSpec, *, check_files: bool = True) -> Plan:
                             f"mu_rec={run.mu_rec}, budget={run.budget_flops}, tokens={run.tokens}, seed={run.seed})",
                             "remove values that give the same run twice")
         runs[run_id] = _planned(spec, run, run_id)
-    return Plan(spec=spec, runs=tuple(runs.values()))
+    notes = () if check_files else tuple(str(e) for e in data_problems(spec))
+    return Plan(spec=spec, runs=tuple(runs.values()), data_notes=notes)

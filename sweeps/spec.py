@@ -19,10 +19,16 @@ become baselines on the same budgets. Every error names the file, the field and 
     recipe: {batch_size: 16, optimizer: {name: adamw, lr: 3e-3}, schedule: {cooldown_frac: 0.5}}
     data: {source: embedded, tokenizer: byte}
     resources: {cpus_per_run: 1, max_concurrent: 2, device: cpu, mfu: 0.3}
+    tracking: [tensorboard, mlflow, wandb]  # optional: also send each run's numbers there (W&B offline)
     # recipe also takes grad_accum_steps, eval_recurrences, eval_tokens, precision, device,
     # compile (true: torch.compile per block) and depth_sampling (per_rank | shared);
     # resources also takes gpus_per_run, mem_gb, partition, time_limit_min, torch_threads,
     # retries, nproc_per_node, nodes and sharding (ddp | zero).
+
+Paths in `data` (train_paths, val_paths, tokenizer_path, cache_dir) may name environment variables,
+`${PARCAE_DATA}/train/*.parquet`: they are expanded when the spec is read, so one spec file serves
+every cluster and the runs carry the resolved paths. An unset variable stays as written; `plan`
+notes it and `launch` / `prepare-data` refuse it, naming the variable.
 
 Data-parallel runs: `resources: {nproc_per_node: 2, nodes: 1}` trains every run on 2 processes
 (torchrun locally, 2 SLURM tasks, 2 Ray Train workers). The process layout is placement, not
@@ -38,6 +44,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -54,7 +61,7 @@ import yaml
 from parcae_scaling.model.flops import FlopConvention
 from parcae_scaling.model.run_spec import (
     MAX_SEED, DataSpec, DepthSampling, Device, FieldError, OptimizerSpec, Precision, RunSpec, ScheduleSpec,
-    Sharding,
+    Sharding, TrackingSpec,
 )
 
 AXES = ("models", "budgets_flops", "tokens", "mu_rec", "seeds")
@@ -229,6 +236,8 @@ class SweepSpec:
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     noise: NoiseSpec = field(default_factory=NoiseSpec)
+    # Experiment trackers (not science: no run id changes); the planner sets their sweep and dir.
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     output_root: str = "runs"
     description: str = ""
     source: str = "<spec>"  # the file it came from, for error messages
@@ -256,6 +265,7 @@ class SweepSpec:
         """JSON-able form (recorded with the sweep; the config-drift guard compares it)."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        d["tracking"].pop("sweep")  # the sweep's own name, set by the planner
         return json.loads(json.dumps(d, default=list))
 
 
@@ -348,7 +358,8 @@ def _validate_sweep(s: SweepSpec) -> None:
     _check_repeats(src, "zip", list(zip(*(axis_values[a] for a in s.zip))) if s.zip else [])
     for axis, values in [*((a, v) for a, v in axis_values.items() if a not in s.zip), ("baselines", s.baselines)]:
         _check_repeats(src, axis, list(values))
-    for name, typ in (("recipe", RecipeSpec), ("data", DataSpec), ("resources", ResourceSpec)):
+    for name, typ in (("recipe", RecipeSpec), ("data", DataSpec), ("resources", ResourceSpec),
+                      ("tracking", TrackingSpec)):
         if not isinstance(getattr(s, name), typ):
             raise SpecError(src, name, f"must be a {typ.__name__}", f"construct {typ.__name__}(...)")
     world = s.resources.world_size
@@ -475,11 +486,36 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "<spec>") -> SweepSp
         flop_convention=raw.get("flop_convention", "reference"),
         zip=tuple(str(a) for a in _parse_axis(raw.get("zip"), integer=False)),
         seeds=_parse_axis(raw.get("seeds", [0]), integer=True), recipe=recipe,
-        data=_sub(src, "data.", raw.get("data"), DataSpec),
+        data=_sub(src, "data.", _expand_data_paths(src, raw.get("data")), DataSpec),
         resources=_sub(src, "resources.", raw.get("resources"), ResourceSpec),
         noise=_sub(src, "noise.", raw.get("noise"), NoiseSpec),
+        tracking=_tracking(src, raw.get("tracking")),
         output_root=str(raw.get("output_root", "runs")), description=str(raw.get("description", "")), source=src,
     )
+
+
+DATA_PATH_FIELDS = ("train_paths", "val_paths", "tokenizer_path", "cache_dir")
+
+
+def _expand_data_paths(src: str, raw: Any) -> Any:
+    """`$VAR` / `${VAR}` in the data section's paths replaced from the environment (a variable
+    that is not set stays as written, for `plan` to note and `launch` to refuse by name)."""
+    raw = _mapping(src, "data", raw)
+    out = dict(raw)
+    for key in DATA_PATH_FIELDS:
+        value = raw.get(key)
+        if isinstance(value, str):
+            out[key] = os.path.expandvars(value)
+        elif isinstance(value, (list, tuple)):
+            out[key] = [os.path.expandvars(v) if isinstance(v, str) else v for v in value]
+    return out
+
+
+def _tracking(src: str, raw: Any) -> TrackingSpec:
+    """`tracking: [wandb, mlflow]` (the trackers), or the mapping {trackers, dir, mlflow_uri}."""
+    if isinstance(raw, (str, list, tuple)):
+        raw = {"trackers": raw}
+    return _sub(src, "tracking.", raw, TrackingSpec, sweep="")  # the planner names the sweep
 
 
 def parse_spec_text(text: str, *, fmt: Literal["yaml", "toml"], source: str) -> SweepSpec:

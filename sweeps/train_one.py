@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from parcae_scaling.db.files import RunDirSink
 from parcae_scaling.model.config import get_config
@@ -84,10 +84,28 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def train_one(spec: RunSpec) -> TrainOneResult:
-    """Train `spec` with a run-directory (JSON lines) sink in its output directory."""
+# Called with (step, values) for each metrics row the run logs (the CLI's step progress).
+OnMetrics = Callable[[int, Mapping[str, float]], None]
+
+
+class _ObservedRunDirSink(RunDirSink):
+    """A run-directory sink that also hands each metrics row to `on_metrics`."""
+
+    def __init__(self, run_dir: str, on_metrics: OnMetrics) -> None:
+        super().__init__(run_dir)
+        self._on_metrics = on_metrics
+
+    def log_metrics(self, run_id: str, step: int, values: Mapping[str, float]) -> None:
+        super().log_metrics(run_id, step, values)
+        self._on_metrics(step, values)
+
+
+def train_one(spec: RunSpec, *, on_metrics: OnMetrics | None = None) -> TrainOneResult:
+    """Train `spec` with a run-directory (JSON lines) sink in its output directory; `on_metrics`
+    sees every metrics row as it is logged (every `metrics_every_steps` steps and the last)."""
     data = load_data(spec.data)  # cached; also gives the unigram baseline
-    with RunDirSink(spec.output_dir) as sink:
+    sink = RunDirSink(spec.output_dir) if on_metrics is None else _ObservedRunDirSink(spec.output_dir, on_metrics)
+    with sink:
         result = train_run(spec, sink)
     return TrainOneResult(result=result, unigram_entropy_nats=data.unigram_entropy_nats,
                           data_description=data.description)

@@ -130,7 +130,7 @@ def _finished_summary(run: RunSpec) -> Any | None:
     if not path.exists():
         return None
     done = RunResult.from_dict(json.loads(path.read_text()))
-    return done if done.status is RunStatus.SUCCEEDED and done.run_id == run.run_id else None
+    return done if done.status is RunStatus.SUCCEEDED and run.has_id(done.run_id) else None
 
 
 def _ingest_finished(run: RunSpec, fenced: FencedStore, done: Any) -> RunStatus:

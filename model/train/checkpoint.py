@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -170,9 +170,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
-def _read(path: Path, run_id: str) -> dict[str, Any]:
+def _read(path: Path, run_id: str, aliases: Sequence[str] = ()) -> dict[str, Any]:
     """The validated payload of `path`. Raises CheckpointUnreadable for a torn or corrupt file,
-    ValueError for a readable checkpoint that must not be used (another run, another version)."""
+    ValueError for a readable checkpoint that must not be used (another run, another version).
+    `aliases`: other ids of the same run (RunSpec.legacy_run_ids: written before schema 0004)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torn zip, truncated pickle, refused global, I/O error: all "unreadable"
@@ -182,7 +183,7 @@ def _read(path: Path, run_id: str) -> dict[str, Any]:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {payload.get('version')} is not {CHECKPOINT_VERSION}; "
                          "start the run in a fresh output directory")
-    if payload.get("run_id") != run_id:
+    if payload.get("run_id") != run_id and payload.get("run_id") not in aliases:
         raise ValueError(f"{path} belongs to run {payload.get('run_id')}, not {run_id}; "
                          "use a fresh output directory for a different run spec")
     try:
@@ -205,7 +206,7 @@ def _unreadable_message(directory: Path, skipped: list[tuple[Path, str]]) -> str
 
 
 def load_latest_checkpoint(directory: str | Path, *, run_id: str, model: nn.Module,
-                           optimizer: OptimizerBundle) -> RestoredCheckpoint | None:
+                           optimizer: OptimizerBundle, aliases: Sequence[str] = ()) -> RestoredCheckpoint | None:
     """Restore model, optimizer and RNG state in place from the newest readable checkpoint.
 
     None if the directory holds no checkpoint (a fresh run). Raises CheckpointUnreadable if
@@ -216,7 +217,7 @@ def load_latest_checkpoint(directory: str | Path, *, run_id: str, model: nn.Modu
         if not path.exists():
             continue
         try:
-            payload = _read(path, run_id)
+            payload = _read(path, run_id, aliases)
         except CheckpointUnreadable as exc:
             skipped.append((path, str(exc)))
             continue
@@ -229,6 +230,19 @@ def load_latest_checkpoint(directory: str | Path, *, run_id: str, model: nn.Modu
     if skipped:
         raise CheckpointUnreadable(_unreadable_message(directory, skipped))
     return None
+
+
+def read_model_state(path: str | Path, *, run_id: str,
+                     aliases: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], TrainProgress]:
+    """The model weights and progress of one checkpoint file, validated as a resume validates it
+    (model/train/export.py). Raises CheckpointUnreadable or ValueError with one line naming the file."""
+    path = Path(path)
+    try:
+        payload = _read(path, run_id, aliases)
+    except CheckpointUnreadable as exc:
+        raise CheckpointUnreadable(f"{path} is unreadable ({exc}); export another run, or train this one "
+                                   "again in a fresh output directory") from None
+    return payload["model"], payload["progress"]
 
 
 def checkpoint_step(directory: str | Path) -> int | None:

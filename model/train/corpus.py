@@ -9,7 +9,8 @@ goes to validation when the first 8 hex digits of sha256(relative path) fall in 
 The tokenized splits are cached as flat token files (`train.bin`, `val.bin`, raw uint16,
 read with numpy memmap) under `<cache>/corpus/<key>/`, built in a temporary directory and
 renamed into place, so a second build is a manifest read and a crashed build leaves nothing
-half-written. Cache root: argument > $PARCAE_CACHE_DIR > ~/.cache/parcae_scaling.
+half-written; builders hold `<cache>/corpus/<key>.lock` (cache.py), so processes that start
+together build it once. Cache root: argument > $PARCAE_CACHE_DIR > ~/.cache/parcae_scaling.
 
 Size (CPython 3.11 on Linux, val_percent 5): 732 files, 12.1 MB of source; byte-level
 10,855,819 train / 1,224,652 validation tokens (690 / 42 files), 24 MB cached as uint16;
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parcae_scaling.model.train.cache import cache_root, file_lock
 from parcae_scaling.model.train.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
@@ -39,18 +41,7 @@ from parcae_scaling.model.train.tokenizer import (
 )
 
 CORPUS_FORMAT_VERSION = 1
-CACHE_ENV_VAR = "PARCAE_CACHE_DIR"
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where tokenized corpora and tokenizers are cached."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "parcae_scaling"
 
 
 def stdlib_source_files(root: str | Path) -> list[str]:
@@ -78,7 +69,12 @@ def unigram_entropy_nats(tokens: np.ndarray, vocab_size: int) -> float:
 
     The loss a model reaches by predicting every position with the global token
     frequencies: the baseline a model that learns anything must beat."""
-    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    return entropy_from_counts(np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size))
+
+
+def entropy_from_counts(counts: np.ndarray) -> float:
+    """`unigram_entropy_nats` from token counts (summed over chunks of a stream: the same value)."""
+    counts = np.asarray(counts).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -133,6 +129,20 @@ def build_stdlib_corpus(
     stdlib_root: str | Path | None = None,
 ) -> CorpusInfo:
     """Build (or load from cache) the tokenized stdlib corpus and return where it lives."""
+    return prepare_stdlib_corpus(tokenizer=tokenizer, bpe_vocab_size=bpe_vocab_size, val_percent=val_percent,
+                                 cache_dir=cache_dir, stdlib_root=stdlib_root)[0]
+
+
+def prepare_stdlib_corpus(
+    *,
+    tokenizer: str = "byte",
+    bpe_vocab_size: int = 4096,
+    val_percent: float = 5.0,
+    cache_dir: str | Path | None = None,
+    stdlib_root: str | Path | None = None,
+) -> tuple[CorpusInfo, bool]:
+    """`build_stdlib_corpus`, and whether this call built it (False: it was cached, or another
+    process built it while this one waited on the lock)."""
     if tokenizer not in ("byte", "bpe"):
         raise ValueError(f"tokenizer={tokenizer!r}: choose 'byte' or 'bpe'")
     if not 0.0 < val_percent < 50.0:
@@ -145,8 +155,19 @@ def build_stdlib_corpus(
     final = cache_root(cache_dir) / "corpus" / key
     manifest = final / "manifest.json"
     if manifest.is_file():
-        return CorpusInfo(**json.loads(manifest.read_text()))
+        return CorpusInfo(**json.loads(manifest.read_text())), False
+    with file_lock(final.parent / f"{key}.lock"):  # concurrent builders: one builds, the rest reuse
+        if manifest.is_file():
+            return CorpusInfo(**json.loads(manifest.read_text())), False
+        _build_corpus(root, files, key=key, final=final, tokenizer=tokenizer, bpe_vocab_size=bpe_vocab_size,
+                      val_percent=val_percent)
+    return CorpusInfo(**json.loads(manifest.read_text())), True
 
+
+def _build_corpus(root: Path, files: list[str], *, key: str, final: Path, tokenizer: str, bpe_vocab_size: int,
+                  val_percent: float) -> None:
+    """Tokenize the corpus into a temporary directory and rename it to `final` in one step."""
+    manifest = final / "manifest.json"
     is_val = [is_validation_file(rel, val_percent) for rel in files]
     if all(is_val) or not any(is_val):
         raise ValueError(f"val_percent={val_percent} puts every file of {root} in one split: change it")
@@ -189,14 +210,13 @@ def build_stdlib_corpus(
         )
         (tmp / "manifest.json").write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
         try:
-            os.replace(tmp, final)  # atomic publish; fails if another builder won the race
+            os.replace(tmp, final)  # atomic publish; fails if a builder without the lock won the race
         except OSError:
             if not manifest.is_file():
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return CorpusInfo(**json.loads(manifest.read_text()))
 
 
 def corpus_tokenizer(info: CorpusInfo) -> Tokenizer:

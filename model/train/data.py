@@ -1,10 +1,14 @@
 """Token sources and deterministic batches.
 
 Every source ends as flat token arrays (numpy memmaps): the embedded stdlib corpus, nanoGPT /
-llm.c-style `.bin` shards, or parquet text shards tokenized once and cached. Training batches
-are random windows drawn from a generator seeded by (seed, step, micro-batch) alone, so a run
-resumed at step s sees exactly the batches it would have seen: the data position is the step.
-Validation uses fixed, non-overlapping windows from the start of the validation split.
+llm.c-style `.bin` shards, or parquet text shards tokenized once, streaming, and cached
+(prepare.py). `prepare_data` builds what a DataSpec needs ahead of training (`parcae-sweep
+prepare-data`); otherwise `load_data` builds it on first use, through the same locked path.
+
+Training batches are random windows drawn from a generator seeded by (seed, step, micro-batch)
+alone, so a run resumed at step s sees exactly the batches it would have seen: the data
+position is the step. Validation uses fixed, non-overlapping windows from the start of the
+validation split.
 
 `.bin` layouts accepted (`open_token_shard`):
   - llm.c / nanochat header: 256 little-endian int32, [0] magic, [1] version, [2] token count,
@@ -15,9 +19,7 @@ Validation uses fixed, non-overlapping windows from the start of the validation 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,9 +27,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from parcae_scaling.model.train.corpus import build_stdlib_corpus, cache_root, unigram_entropy_nats
+from parcae_scaling.model.train.corpus import build_stdlib_corpus, prepare_stdlib_corpus
 from parcae_scaling.model.run_spec import DataSpec, FieldError
-from parcae_scaling.model.train.tokenizer import Tokenizer, encode_documents, get_tokenizer, token_dtype_for
+from parcae_scaling.model.train.prepare import (
+    ProgressFn, TokenFile, check_parquet_shards, parquet_is_prepared, tokenize_parquet,
+)
+from parcae_scaling.model.train.tokenizer import Tokenizer, get_tokenizer
 
 HEADER_INTS = 256
 HEADER_MAGIC_DTYPES = {20240520: np.dtype(np.uint16), 20240801: np.dtype(np.uint32)}
@@ -111,42 +116,66 @@ class TokenData:
     description: str
 
 
-def _file_fingerprint(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+@dataclass(frozen=True, kw_only=True)
+class PreparedSplit:
+    """One split's token files, ready to memory-map."""
+
+    paths: tuple[str, ...]  # one cached token file, or the given shards of a "bin" source
+    tokens: int
+    built: bool  # this call tokenized it (False: cached, pre-tokenized, or built by another process)
 
 
-def tokenize_parquet_shards(
-    paths: Sequence[Path], tokenizer: Tokenizer, *, text_column: str, cache_dir: str | Path | None
-) -> np.memmap:
-    """Tokenize the `text_column` of parquet shards once; cached as a flat token file."""
-    import pyarrow.parquet as pq
+@dataclass(frozen=True, kw_only=True)
+class PreparedData:
+    """What `prepare_data` made ready for a DataSpec."""
 
-    key = f"{_file_fingerprint(paths)}-{tokenizer.fingerprint()}-{text_column}"
-    out = cache_root(cache_dir) / "parquet" / f"{key}.bin"
-    dtype = token_dtype_for(tokenizer.vocab_size)
-    if not out.is_file():
-        chunks: list[np.ndarray] = []
-        for path in paths:
-            pf = pq.ParquetFile(path)
-            if text_column not in pf.schema_arrow.names:
-                raise ValueError(
-                    f"{path}: no column {text_column!r} (columns: {pf.schema_arrow.names}); set DataSpec.text_column"
-                )
-            for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
-                texts = [t for t in batch.column(0).to_pylist() if t]
-                chunks.extend(ids.astype(dtype) for ids in encode_documents(tokenizer, texts))
-        if not chunks:
-            raise ValueError(f"parquet shards {[str(p) for p in paths]} hold no text in column {text_column!r}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tok.", dir=out.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.concatenate(chunks).tofile(f)
-        os.replace(tmp, out)  # atomic: a killed build never leaves a partial cache file
-    return np.memmap(out, dtype=dtype, mode="r")
+    spec: DataSpec
+    description: str
+    train: PreparedSplit
+    val: PreparedSplit
+
+    @property
+    def built(self) -> bool:
+        return self.train.built or self.val.built
+
+
+def _parquet_files(spec: DataSpec, on_progress: ProgressFn | None) -> tuple[Tokenizer, TokenFile, TokenFile]:
+    tok = get_tokenizer(spec.tokenizer, path=spec.tokenizer_path)
+    train_paths = expand_paths(spec.train_paths, field="train_paths")
+    val_paths = expand_paths(spec.val_paths, field="val_paths")
+    kw = dict(text_column=spec.text_column, cache_dir=spec.cache_dir)
+    if not all(parquet_is_prepared(p, tok, **kw) for p in (train_paths, val_paths)):
+        for paths in (train_paths, val_paths):  # a bad validation shard fails before the train split is tokenized
+            check_parquet_shards(paths, spec.text_column)
+    train = tokenize_parquet(train_paths, tok, label="train", on_progress=on_progress, **kw)
+    val = tokenize_parquet(val_paths, tok, label="val", on_progress=on_progress, **kw)
+    return tok, train, val
+
+
+def prepare_data(spec: DataSpec, *, on_progress: ProgressFn | None = None) -> PreparedData:
+    """Build the token files a DataSpec needs, once (cached; concurrent callers wait and reuse),
+    reporting tokenization progress of parquet shards. `load_data` does the same on first use."""
+    if spec.source == "embedded":
+        info, built = prepare_stdlib_corpus(tokenizer=spec.tokenizer, bpe_vocab_size=spec.bpe_vocab_size,
+                                            val_percent=spec.val_percent, cache_dir=spec.cache_dir)
+        return PreparedData(
+            spec=spec, description=f"embedded corpus {info.name} ({info.tokenizer})",
+            train=PreparedSplit(paths=(info.train_file,), tokens=info.train_tokens, built=built),
+            val=PreparedSplit(paths=(info.val_file,), tokens=info.val_tokens, built=built),
+        )
+    if spec.source == "parquet":
+        tok, train, val = _parquet_files(spec, on_progress)
+        return PreparedData(
+            spec=spec, description=f"{len(spec.train_paths)} train / {len(spec.val_paths)} val parquet path(s) "
+                                   f"({tok.kind}, column {spec.text_column!r})",
+            train=PreparedSplit(paths=(train.path,), tokens=train.tokens, built=train.built),
+            val=PreparedSplit(paths=(val.path,), tokens=val.tokens, built=val.built),
+        )
+    data = load_data(spec)  # "bin": pre-tokenized, nothing to build; count what is there
+    split = {name: PreparedSplit(paths=tuple(str(p) for p in expand_paths(getattr(spec, f"{name}_paths"),
+                                                                          field=f"{name}_paths")),
+                                 tokens=len(getattr(data, name)), built=False) for name in ("train", "val")}
+    return PreparedData(spec=spec, description=f"pre-tokenized {data.description}", **split)
 
 
 def load_data(spec: DataSpec) -> TokenData:
@@ -173,15 +202,12 @@ def load_data(spec: DataSpec) -> TokenData:
             description=f"{len(train_paths)} train / {len(val_paths)} val .bin shards",
         )
     if spec.source == "parquet":
-        tok = get_tokenizer(spec.tokenizer, path=spec.tokenizer_path)
-        kw = dict(text_column=spec.text_column, cache_dir=spec.cache_dir)
-        train_arr = tokenize_parquet_shards(train_paths, tok, **kw)
-        val_arr = tokenize_parquet_shards(val_paths, tok, **kw)
+        tok, train_file, val_file = _parquet_files(spec, None)
         return TokenData(
-            train=TokenStream([train_arr], description="parquet/train"),
-            val=TokenStream([val_arr], description="parquet/val"),
+            train=TokenStream([train_file.array()], description="parquet/train"),
+            val=TokenStream([val_file.array()], description="parquet/val"),
             vocab_size=tok.vocab_size,
-            unigram_entropy_nats=unigram_entropy_nats(train_arr, tok.vocab_size),
+            unigram_entropy_nats=train_file.unigram_entropy_nats,  # from the manifest: no rescan per run
             description=f"{len(train_paths)} train / {len(val_paths)} val parquet shards ({tok.kind})",
         )
     raise ValueError(f"unknown data source {spec.source!r}: choose 'embedded', 'bin' or 'parquet'")

@@ -231,7 +231,7 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
     summary_path = out / SUMMARY_FILE
     if summary_path.exists():
         done = RunResult.from_dict(json.loads(summary_path.read_text()))
-        if done.status == RunStatus.SUCCEEDED and done.run_id == run_id:
+        if done.status == RunStatus.SUCCEEDED and run.has_id(done.run_id):
             # Idempotent: a finished run is not trained twice, but its sink still hears how it ended
             # (a new store beside an old run directory would otherwise never learn it).
             sink.log_evals(run_id, list(done.evals))
@@ -255,7 +255,8 @@ def _train_run(run: RunSpec, sink: MetricsSink, ctx: pdist.DistContext) -> RunRe
         if run.sharding == "zero":
             optimizer = pdist.shard_optimizer(optimizer)
         # Every rank restores rank 0's checkpoint (a shared file system).
-        restored = load_latest_checkpoint(out, run_id=run_id, model=model, optimizer=optimizer)
+        restored = load_latest_checkpoint(out, run_id=run_id, model=model, optimizer=optimizer,
+                                          aliases=run.legacy_run_ids)
         fallback = restored.fallback_note() if restored is not None else None
         if restored is not None:
             progress = restored.progress

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from matplotlib import ticker
+from matplotlib import ticker, transforms
 import pandas as pd
 
 from parcae_scaling.scaling.frontier import FrontierResult
@@ -87,13 +87,33 @@ def draw_isoflop(result: IsoFlopResult, df: pd.DataFrame):
         kinds.add(kind)
         _marker(ax, opt.x_star, opt.loss_star, kind, color)
     _fit_axes_to_data(ax, df["loss"])
+    _mark_diverged(ax, df, result.x, dict(zip((o.budget_flops for o in result.optima), colors)))
     ax.set_xscale("log")
+    if result.x == "mu_rec":  # depths read as 1, 2, 4, not 10^0, 2x10^0
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(X_LABELS[result.x])
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("isoFLOP curves: cell means ± SE over seeds")
     notes = [] if result.noise_measured else ["one seed per cell: noise unmeasured (no error bars)"]
     _marker_legend(ax, kinds, notes)
     return fig
+
+
+DIVERGED_LABEL = "diverged (no loss; left out of fits)"
+
+
+def _mark_diverged(ax, df: pd.DataFrame, x: str, colors: dict) -> None:
+    """Runs with no loss (NaN: diverged) as x marks along the top edge at their x, in their
+    budget's colour: a reader sees which cells lost runs instead of a silent gap."""
+    if "loss" not in df.columns:
+        return
+    lost = df[df["loss"].isna()]
+    if lost.empty:
+        return
+    edge = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter(lost[x], np.full(len(lost), 0.97), marker="x", s=18, lw=1.0, transform=edge, clip_on=False,
+               color=[colors.get(b, "0.3") for b in lost["budget_flops"]], zorder=5, label=DIVERGED_LABEL)
 
 
 def isoflop_figure(result: IsoFlopResult, df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -116,12 +136,13 @@ def draw_optima(result: IsoFlopResult):
     law only where it is measured (>= 3 budgets, none flagged), else a note instead of a line."""
     panels = [k for k in ("mu_rec", "tokens") if k in result.power_laws] or [result.x]
     labels = {"mu_rec": r"optimal $\mu_{rec}^*$", "tokens": r"optimal tokens $D^*$", "params": "optimal parameters"}
-    fig, axes = new_figure(n_cols=len(panels), height_in=2.2, width_in=3.35 * min(len(panels), 2) * 0.9)
-    for ax, key in zip(axes[0], panels):
+    # one paper column: the panels stacked, sharing the compute axis
+    fig, axes = new_figure(n_rows=len(panels), height_in=1.9 * len(panels) + 0.2, sharex=True)
+    for ax, key in zip(axes[:, 0], panels):
         kinds = set()
         for o in result.optima:
             y = o.x_star if key == result.x else o.at_optimum.get(key, np.nan)
-            ci = o.x_star_interval if key == result.x else None
+            ci = o.x_star_interval if key == result.x else o.at_optimum_intervals.get(key)
             if ci is not None:
                 ax.errorbar([o.budget_flops], [y], yerr=[[max(y - ci.low, 0)], [max(ci.high - y, 0)]], fmt="none",
                             ecolor="C0", capsize=2, zorder=2)
@@ -153,10 +174,39 @@ def draw_optima(result: IsoFlopResult):
             ax.axhspan(lo, hi, color="0.9", lw=0, zorder=0, label=f"sampled {key}")
             stars = [o.x_star for o in result.optima]
             ax.set_ylim(min(lo, *stars) / 1.3, max(hi, *stars) * 1.3)
-        ax.set_xlabel("training compute C (FLOPs)")
+            _mark_clipped(ax, [(o.budget_flops, o.x_star_interval) for o in result.optima if o.x_star_interval])
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(_short_number))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylabel(labels[key])
         _marker_legend(ax, kinds, notes)
+    axes[-1, 0].set_xlabel("training compute C (FLOPs)")
     return fig
+
+
+CLIPPED_LABEL = "interval continues beyond the axis"
+
+
+def _mark_clipped(ax, intervals: list[tuple[float, object]]) -> None:
+    """An arrowhead on the axis edge where an interval leaves the axes (the axes follow the data,
+    never the bands, so a wide interval is cut: the reader must see that it is)."""
+    lo, hi = ax.get_ylim()
+    edge = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ends = [(x, 0.0, "v") for x, ci in intervals if ci.low < lo]
+    ends += [(x, 1.0, "^") for x, ci in intervals if ci.high > hi]
+    for i, (x, y, marker) in enumerate(ends):
+        ax.plot([x], [y], marker=marker, ms=4, color="C0", ls="", transform=edge, clip_on=False, zorder=5,
+                label=CLIPPED_LABEL if i == 0 else None)
+
+
+def _short_number(value: float, _pos: object = None) -> str:
+    """Tick text a reader parses at a glance: 2, 0.5, 1.2M, 3e+12."""
+    if value <= 0:
+        return ""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
 
 
 def optima_figure(result: IsoFlopResult, out_dir: str | Path) -> list[Path]:

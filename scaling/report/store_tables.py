@@ -26,8 +26,17 @@ def load_store(url: str, sweep: str, *, kind: str = "runs") -> pd.DataFrame:
     with Store.open(url, upgrade=False) as store:
         require_sweeps(store, (sweep,), url)
         if kind == "runs":
-            return store.isoflop_table(sweep)
+            return with_diverged(store.isoflop_table(sweep), store.runs(sweep, status="diverged"))
         return store.test_time_curves(sweep)
+
+
+def with_diverged(table: pd.DataFrame, diverged: pd.DataFrame) -> pd.DataFrame:
+    """The fit table plus one row per diverged run with loss NaN (scaling/data.py: NaN marks a
+    diverged run). Every fit leaves them out with a notice; the isoFLOP figure marks them."""
+    if diverged.empty:
+        return table
+    rows = diverged[[c for c in table.columns if c in diverged.columns]].assign(loss=float("nan"))
+    return pd.concat([table, rows], ignore_index=True)[table.columns]
 
 
 def save_fit(url: str, sweep: str, fit: FitResult, *, model: str | None = None) -> int:

@@ -27,8 +27,10 @@ def paper_style() -> Iterator[None]:
         yield
 
 
-def new_figure(n_cols: int = 1, height_in: float = 2.4, width_in: float = COLUMN_WIDTH_IN):
-    return plt.subplots(1, n_cols, figsize=(width_in, height_in), squeeze=False, layout="constrained")
+def new_figure(n_cols: int = 1, height_in: float = 2.4, width_in: float = COLUMN_WIDTH_IN, *, n_rows: int = 1,
+               sharex: bool = False):
+    return plt.subplots(n_rows, n_cols, figsize=(width_in, height_in), squeeze=False, layout="constrained",
+                        sharex=sharex)
 
 
 def save(fig, out_dir: str | Path, name: str) -> list[Path]:

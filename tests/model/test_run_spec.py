@@ -45,6 +45,41 @@ def test_run_id_tracks_science_not_placement() -> None:
     assert _spec(model=get_config("parcae-tiny-64", mu_rec=2)).run_id != spec.run_id
 
 
+# The id of _spec(): pinned so that a change of what the id hashes cannot pass unnoticed (the
+# ids of every recorded run would move with it). Change it only together with RUN_SPEC_VERSION.
+PINNED_ID = "1ae0e99a9b407371"
+
+
+def test_run_id_survives_code_upgrades(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parcae_scaling
+
+    spec = _spec()
+    assert spec.run_id == PINNED_ID
+    monkeypatch.setattr(parcae_scaling, "__version__", "99.0.0")  # an upgrade: provenance, not identity
+    assert _spec().run_id == PINNED_ID
+    assert _spec(optimizer=OptimizerSpec(lr=1e-3)).run_id != PINNED_ID  # a scientific field still counts
+
+
+def test_run_id_changes_with_the_run_spec_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parcae_scaling.model import run_spec
+
+    monkeypatch.setattr(run_spec, "RUN_SPEC_VERSION", run_spec.RUN_SPEC_VERSION + 1)
+    assert _spec().run_id != PINNED_ID
+
+
+def test_legacy_ids_are_the_package_version_hashes() -> None:
+    import hashlib
+
+    from parcae_scaling.model.run_spec import LEGACY_ID_PACKAGE_VERSIONS
+
+    spec = _spec()
+    blob = spec._identity_blob()
+    assert spec.legacy_run_ids == tuple(hashlib.sha256(f"{v}|{blob}".encode()).hexdigest()[:16]
+                                        for v in LEGACY_ID_PACKAGE_VERSIONS)
+    assert spec.has_id(spec.run_id) and spec.has_id(spec.legacy_run_ids[0])
+    assert not spec.has_id(_spec(seed=1).legacy_run_ids[0]) and not spec.has_id(None)
+
+
 def test_derived_fields_come_from_the_model() -> None:
     spec = _spec(batch_size=8, grad_accum_steps=2)
     assert (spec.mu_rec, spec.mu_bwd, spec.seq_len) == (4, 2, 128)

@@ -87,13 +87,15 @@ def test_cli_report_writes_json_and_figures(tmp_path):
     assert json.loads((out / "frontier.json").read_text())["points"]
 
 
-def test_cli_bad_input_is_a_clear_error(tmp_path):
+def test_cli_bad_input_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PARCAE_STORE", raising=False)
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"run_id": ["a"], "budget_flops": [1e12], "loss": [3.0]}).to_csv(bad, index=False)
     res = CliRunner().invoke(fit_app, ["isoflop", str(bad), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "mu_rec" in res.output
-    res = CliRunner().invoke(fit_app, ["isoflop", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "exactly one input" in res.output
+    assert res.exit_code == 1 and "has no column(s) ['mu_rec', 'tokens', 'params']" in res.output
+    res = CliRunner().invoke(fit_app, ["isoflop", "--out", str(tmp_path / "o")])  # no CSV, no store anywhere
+    assert res.exit_code == 1 and "no store at parcae.sqlite" in res.output
 
 
 def test_frontier_leaves_out_bootstrap_refits_beyond_float_range():

@@ -40,6 +40,16 @@ def test_train_one_prints_summary_and_writes_run_dir(tmp_path: Path, monkeypatch
     assert [s.status.value for s in contents.statuses] == ["running", "succeeded"]
 
 
+def test_train_one_json_prints_one_json_object_on_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARCAE_CACHE_DIR", str(tmp_path / "cache"))
+    res = _invoke(["--tokens", "2048", "--batch-size", "4", "--seq-len", "64", "--eval-tokens", "512",
+                   "--out", str(tmp_path / "run"), "--json", "--progress", "plain"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # the step lines went to stderr: stdout parses whole
+    assert summary["status"] == "succeeded" and summary["tokens_trained"] == 2048
+    assert summary["data"] and summary["unigram_entropy_nats"] > 0 and (tmp_path / "run" / "summary.json").exists()
+
+
 def test_train_one_reports_bad_input(tmp_path: Path) -> None:
     res = _invoke(["--model", "parcae-huge", "--output-dir", str(tmp_path / "x")])
     assert res.exit_code == 1 and "unknown model config" in res.output

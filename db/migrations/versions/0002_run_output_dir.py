@@ -23,5 +23,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("output_dir")
+    # ALTER TABLE DROP COLUMN (SQLite >= 3.35), not a batch table copy: dropping the old runs
+    # table would cascade to every metric and eval under the enforced foreign keys
+    op.drop_column("runs", "output_dir")

@@ -17,7 +17,7 @@ from parcae_scaling.scaling.frontier import flops_per_token_from_runs, frontier
 from parcae_scaling.scaling.isoflop import isoflop
 from parcae_scaling.scaling.laws import get_law
 from parcae_scaling.scaling.report.figures import (
-    OPTIMUM_MARKERS, draw_frontier, draw_isoflop, draw_optima, isoflop_figure,
+    CLIPPED_LABEL, DIVERGED_LABEL, OPTIMUM_MARKERS, draw_frontier, draw_isoflop, draw_optima, isoflop_figure,
 )
 from parcae_scaling.scaling.report.figures import test_time_figure as write_test_time_figure
 from parcae_scaling.scaling.synthetic import synthetic_parcae_sweep, synthetic_test_time
@@ -150,3 +150,31 @@ def test_an_optimum_whose_interval_leaves_the_grid_is_flagged_and_the_axes_show_
     assert ("s", False) in optimum_markers(ax) and "interval leaves the sampled range" in legend_texts(ax)
     lo, hi = ax.get_ylim()
     assert lo > 0.5 and hi < 6  # the sampled range [1, 4] sets the axes, not the intervals reaching below it
+
+
+def test_a_diverged_run_is_marked_at_its_cell_and_left_out_of_the_fit() -> None:
+    df = synthetic_parcae_sweep(budgets_flops=(1e12, 2e12), mu_values=(1, 2, 4, 8), replicates=2, additive_sd=0.002)
+    lost = df.iloc[[0]].assign(loss=float("nan"), run_id="lost-run")  # a third seed of the first cell diverged
+    with_lost = pd.concat([df, lost], ignore_index=True)
+    res = isoflop(with_lost, n_bootstrap=50)
+    assert res.optima[0].x_star == isoflop(df, n_bootstrap=50).optima[0].x_star  # fits leave it out
+    ax = draw_isoflop(res, with_lost).axes[0]
+    assert DIVERGED_LABEL in legend_texts(ax)
+    marks = [c for c in ax.collections if c.get_label() == DIVERGED_LABEL]
+    assert len(marks) == 1 and marks[0].get_offsets()[:, 0].tolist() == [df.iloc[0]["mu_rec"]]
+    lo, hi = ax.get_ylim()
+    assert lo <= df["loss"].min() and hi >= df["loss"].max()  # NaN does not break the data-fitted axes
+    assert DIVERGED_LABEL not in legend_texts(draw_isoflop(isoflop(df, n_bootstrap=50), df).axes[0])
+
+
+def test_an_interval_cut_by_the_axes_is_marked_at_the_edge() -> None:
+    # one seed, large noise: the optima's intervals reach far below the sampled range
+    df = synthetic_parcae_sweep(budgets_flops=(1e12, 2e12), mu_values=(1, 2, 4, 8), replicates=2, additive_sd=0.02,
+                                seed=3)
+    res = isoflop(df, n_bootstrap=200)
+    ax = draw_optima(res).axes[0]
+    lo, hi = ax.get_ylim()
+    cut = [o for o in res.optima if o.x_star_interval and (o.x_star_interval.low < lo or o.x_star_interval.high > hi)]
+    arrows = [line for line in ax.get_lines() if line.get_marker() in ("v", "^")]
+    assert cut and len(arrows) == sum((o.x_star_interval.low < lo) + (o.x_star_interval.high > hi) for o in cut)
+    assert CLIPPED_LABEL in legend_texts(ax)
