@@ -135,12 +135,13 @@ sweep_app = make_app("parcae-sweep", "Plan, launch and track FLOP-matched sweeps
 
 
 # ---- parcae-sweep train-one | configs | flops (library: model/, sweeps/train_one.py) ----------
-_QUICK = "default: the quick run's, see sweeps/train_one.py"
+_QUICK = "default: the quick run's (a tiny Parcae on the embedded corpus)"
 
 
 @sweep_app.command("train-one")
 def train_one_command(
-    model: Annotated[str | None, typer.Option(help=f"Model config name (see model/config.py); {_QUICK}.")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model config name (`parcae-sweep configs` lists them); "
+                                                   f"{_QUICK}.")] = None,
     mu_rec: Annotated[int | None, typer.Option(help="Mean recurrence (ignored for transformer-* configs); "
                                                     f"{_QUICK}.")] = None,
     budget_flops: Annotated[float | None, typer.Option(help="FLOP budget; tokens = budget / FLOPs-per-token; "
@@ -218,7 +219,9 @@ def train_one_command(
 
 @sweep_app.command("configs")
 def configs_command(
-    convention: Annotated[FlopConvention, typer.Option(help="FLOP convention (model/flops.py).")
+    convention: Annotated[FlopConvention, typer.Option(help="FLOP convention: reference (the public code's "
+                                                            "formula) or exact (every matmul FLOP the model "
+                                                            "performs).")
                           ] = _default(RunSpec, "flop_convention"),
     contains: Annotated[str, typer.Option(help="Only configs whose name contains this text.")] = "",
     fmt: _FORMAT = "table",
@@ -293,7 +296,8 @@ _STORE_URL = Annotated[str, typer.Option("--store", envvar=STORE_ENV, show_envva
                                           show_default=f"{DEFAULT_URL} here or in the nearest parent folder",
                                           help="Store URL (SQLite file or PostgreSQL); the same default for every "
                                                "command and notebook.")]
-_BACKEND = typer.Option("--backend", help="Where the runs go (sweeps/backend.py).")  # choices: _backend_names()
+# choices: _backend_names()
+_BACKEND = typer.Option("--backend", help="Where the runs go: local processes, SLURM (submitit) or Ray.")
 _DETACH = Annotated[bool, typer.Option("--detach", help="Return after submission (local, submitit).")]
 _HEARTBEAT = Annotated[float, typer.Option("--heartbeat", help="Worker heartbeat interval (s).")]
 _STALE = Annotated[float, typer.Option("--stale-after", help="A running run with no heartbeat for this long is "

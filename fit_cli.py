@@ -26,7 +26,9 @@ fit_app = make_app("parcae-fit", "Fit scaling laws to sweep results and draw pub
 _KW = inspect.Parameter.KEYWORD_ONLY
 INPUT_OPTIONS = (
     inspect.Parameter("csv", _KW, default=None, annotation=Annotated[
-        Path | None, typer.Argument(help="results CSV (run table; see scaling/data.py)")]),
+        Path | None, typer.Argument(help="results CSV, one row per run: run_id, budget_flops, mu_rec, tokens, "
+                                         "params, loss (`parcae-sweep export` writes one; --columns maps other "
+                                         "names)")]),
     inspect.Parameter("store", _KW, default=None, annotation=Annotated[
         str | None, typer.Option("--store", envvar=STORE_ENV, show_envvar=True,
                                  help=f"store URL: read when no CSV is given, and where every fit is saved "
@@ -120,7 +122,8 @@ def fit_parametric_command(
     inputs: FitInputs,
     effective: Any,
     bootstrap: _BOOT = DEFAULT_BOOTSTRAP,
-    law: Annotated[ParametricLaw, typer.Option(help="law to fit (scaling/laws.py)")] = "parcae",
+    law: Annotated[ParametricLaw, typer.Option(help="law to fit: parcae L(mu_rec, D) or chinchilla L(N, D)")
+                   ] = "parcae",
 ) -> None:
     """Huber fit of a parametric law (grid of starts, bootstrap, held-out largest budget)."""
     from parcae_scaling.scaling.report.analyses import looped_runs, run_parametric

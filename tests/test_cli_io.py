@@ -293,3 +293,16 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(RuntimeError, match=r"pip install 'parcae-scaling\[ray\]'"):
         get_backend("ray")
+
+
+def test_help_names_commands_and_columns_not_source_files() -> None:
+    import re
+
+    from typer.main import get_command
+
+    for app in (sweep_app, fit_app):
+        group = get_command(app)
+        for name in group.commands:
+            text = runner.invoke(app, [name, "--help"], terminal_width=300).output
+            own = re.findall(r"\b(?:model|sweeps|scaling|db|kernels|train)/[\w/]*\.py\b", text)
+            assert not own, (name, own)  # the package's own files; a user's law file may be named
