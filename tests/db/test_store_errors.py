@@ -164,7 +164,7 @@ def test_cancel_needs_a_sweep_or_all(tmp_path: Path) -> None:
     assert code == 2 and "--all" in output
     with Store.open(f"sqlite:///{path}", upgrade=False) as store:
         assert store.runs()["status"].tolist() == ["planned"]  # nothing cancelled by omission
-    code, output = _invoke(f"parcae-sweep cancel --all --store sqlite:///{path}")
+    code, output = _invoke(f"parcae-sweep cancel --all --yes --store sqlite:///{path}")  # --yes: do not ask
     assert code == 0 and "cancelled 1 run(s): r0" in output
 
 
