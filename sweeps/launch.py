@@ -309,7 +309,8 @@ def status_table(store: Store, sweep: str | None = None, *, run_ids: Sequence[st
     # provenance, not identity: a run trained by another code version keeps its id; status flags it
     versions = store.code_versions(sweep) if len(runs) else {}
     out["package_version"] = [versions.get(r) for r in out["run_id"]]
-    out["other_version"] = [v is not None and v != parcae_scaling.__version__ for v in out["package_version"]]
+    # not started (no provenance: None, or NaN once pandas holds the column) is not another version
+    out["other_version"] = [isinstance(v, str) and v != parcae_scaling.__version__ for v in out["package_version"]]
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+import parcae_scaling
 from parcae_scaling.cli import sweep_app
 from parcae_scaling.db import RunRecord, RunStatus, Store
 from parcae_scaling.sweeps import status_table
@@ -35,3 +36,17 @@ def test_status_with_an_early_diverged_run(tmp_path: Path) -> None:
         result = CliRunner().invoke(sweep_app, [*args, "--store", url])
         assert result.exit_code == 0, result.output
         assert "diverged" in result.output and "Traceback" not in result.output
+
+
+def test_runs_that_never_started_are_not_flagged_as_another_code_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    with Store.open(url) as store:
+        store.record_sweep("lr", {"name": "lr"})
+        store.record_runs([_run("a"), _run("b")])
+        # "a" started under this code; "b" is still queued: no provenance (a column of a string and a
+        # missing value, which pandas holds as NaN, not None)
+        store.set_provenance("a", {"package_version": parcae_scaling.__version__})
+        table = status_table(store, "lr")
+    assert table["other_version"].tolist() == [False, False]
+    result = CliRunner().invoke(sweep_app, ["status", "lr", "--store", url], terminal_width=200)
+    assert result.exit_code == 0 and "other code" not in result.output and "nan" not in result.output
